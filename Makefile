@@ -1,0 +1,34 @@
+# One entry point for people and CI. `make setup` is idempotent and is what `make demo` and `make test` run first.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test ui clean help
+
+help:
+	@echo "make setup  - create .venv and install svdpipe with everything it needs (ffmpeg from Debian if missing)"
+	@echo "make demo   - run the pipeline on a generated sample corpus (tiny profile, CPU)"
+	@echo "make test   - run the test suite (starts its own SeaweedFS S3 server)"
+	@echo "make ui     - open the Dagster UI on http://127.0.0.1:3000"
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(PY) $(VENV)
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: setup
+	$(BIN)/svdpipe ui
+
+clean:
+	rm -rf $(VENV) .dagster .mlflow data demo-data .pytest_cache

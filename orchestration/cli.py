@@ -1,0 +1,169 @@
+"""The ``svdpipe`` command line. Each command materializes the same Dagster assets as the UI does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+INFRA = Path(__file__).resolve().parent.parent / "infra"
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME``, else ``./.dagster``; created with svdpipe's instance config if new."""
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INFRA / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _instance():
+    import dagster as dg
+
+    dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def _resources(ctx: click.Context) -> dict:
+    from orchestration.resources import MlflowResource, SvdpipeResource
+
+    obj = ctx.obj
+    res = SvdpipeResource(profile=obj["profile"], data_root=obj["data_root"], overrides=list(obj["overrides"]),
+                          params_file=obj["params_file"])
+    return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+
+
+def _materialize(assets: list, resources: dict, instance, partition_key: str | None = None) -> None:
+    """Run the assets in this process, recorded in the Dagster instance like a run launched from the UI."""
+    import dagster as dg
+
+    level = click.get_current_context().meta.get("dagster_log_level", "WARNING")
+    result = dg.materialize(assets, resources=resources, instance=instance, partition_key=partition_key,
+                            raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}})
+    if not result.success:
+        failed = [e.message for e in result.all_events if e.is_failure]
+        raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(failed[-3:]))
+
+
+def common_options(fn):
+    fn = click.option("--params", "params_file", default=None, type=click.Path(exists=True, dir_okay=False),
+                      help="YAML of config values in the profile's shape (DVC's params.yaml); before --set.")(fn)
+    fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+                      help="Override one config value (repeatable), e.g. --set ingest.workers=4.")(fn)
+    fn = click.option("--profile", default=None, metavar="NAME",
+                      help="Config profile from configs/ (tiny, svd). Default: $SVDPIPE_PROFILE or tiny.")(fn)
+    fn = click.option("--data-root", default=None, metavar="ROOT",
+                      help="Data root: a folder or s3://bucket/prefix. Default: $SVDPIPE_DATA_ROOT or ./data.")(fn)
+    return fn
+
+
+def _store(ctx: click.Context, data_root, profile, overrides, params_file) -> None:
+    from svdpipe.config import load_config
+
+    try:
+        cfg = load_config(profile, data_root, overrides, params_file=params_file)
+    except Exception as e:  # noqa: BLE001 - a config error is the user's to fix
+        raise click.UsageError(f"invalid configuration: {e}") from e
+    ctx.obj = {"profile": cfg.profile, "data_root": cfg.data_root, "overrides": tuple(overrides),
+               "params_file": params_file, "config": cfg}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Show Dagster's event log (-v: INFO, -vv: DEBUG).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """svdpipe: raw video -> curated clips -> trained latent video diffusion models (the SVD recipe).
+
+    Every command runs the same Dagster assets as the UI (`svdpipe ui`), recorded in the local Dagster
+    instance ($DAGSTER_HOME, default ./.dagster) and tracked in MLflow ($MLFLOW_TRACKING_URI, default
+    ./.mlflow). Configuration: configs/<profile>.yaml, then SVDPIPE__SECTION__FIELD variables, then --set.
+    """
+    ctx.meta["dagster_log_level"] = ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
+
+
+@main.command()
+@click.argument("source")
+@common_options
+@click.pass_context
+def ingest(ctx, source, data_root, profile, overrides, params_file):
+    """Ingest raw videos from SOURCE into DATA_ROOT/metadata/videos.parquet.
+
+    SOURCE is a folder, an s3://bucket/prefix, or a CSV/Parquet manifest with a `url` column (http(s), s3:// or
+    paths). Each input is probed and accepted, or rejected with its reason; inputs already ingested are skipped,
+    and a batch interrupted earlier is resumed.
+    """
+    from assets.ingestion import ingested_batch, videos
+    from curation.ingest import plan_batches, summarize
+    from orchestration.partitions import ingest_batches
+    from svdpipe.sources import list_inputs
+
+    _store(ctx, data_root, profile, overrides, params_file)
+    cfg = ctx.obj["config"]
+    resources = _resources(ctx)
+    try:
+        uris = list_inputs(source, cfg.ingest.ignore)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from e
+    storage = resources["svdpipe"].storage
+    todo, new = plan_batches(storage, uris)
+    click.echo(f"{len(uris)} inputs under {source}: {len(new)} new, {len(uris) - len(new)} already known; "
+               f"{len(todo)} batch(es) to run")
+    instance = _instance()
+    registered = set(instance.get_dynamic_partitions(ingest_batches.name))
+    instance.add_dynamic_partitions(ingest_batches.name, [b for b in todo if b not in registered])
+    for batch in todo:
+        _materialize([ingested_batch], resources, instance, partition_key=batch)
+    _materialize([videos], resources, instance)
+    from curation.ingest import read_table
+
+    frame = read_table(storage)
+    counts = summarize(frame)
+    click.echo(f"videos table {storage.uri('metadata/videos.parquet')}: {counts['inputs']} inputs, "
+               f"{counts['accepted']} accepted, {counts['rejected']} rejected")
+    for uri, reason in frame.loc[frame["status"] == "rejected", ["source_uri", "reason"]].itertuples(index=False):
+        click.echo(f"  rejected {Path(uri).name}: {reason}")
+
+
+@main.command("sample-corpus")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Random seed; another seed gives other videos.")
+@click.option("--videos", default=4, show_default=True, help="Number of good videos.")
+@click.option("--seconds", default=12.0, show_default=True, help="Approximate length of each video.")
+@click.option("--fps", default=24, show_default=True)
+@click.option("--width", default=320, show_default=True)
+@click.option("--height", default=192, show_default=True)
+@click.option("--broken/--no-broken", default=True, show_default=True, help="Also write one broken input of each kind.")
+def sample_corpus(directory, seed, videos, seconds, fps, width, height, broken):
+    """Write labelled synthetic videos and DIRECTORY/truth.json (cuts, fades, static/moving, text/clean)."""
+    from tqdm import tqdm
+
+    from curation.sample_corpus import BROKEN_KINDS, make_sample_corpus
+
+    total = videos + (len(BROKEN_KINDS) if broken else 0)
+    with tqdm(total=total, desc="sample corpus", unit="file") as bar:
+        truth = make_sample_corpus(directory, seed=seed, videos=videos, seconds=seconds, fps=fps, width=width,
+                                   height=height, broken=broken, progress=lambda _: bar.update(1))
+    cuts = sum(len(v["cuts"]) for v in truth["videos"].values())
+    click.echo(f"wrote {len(truth['videos'])} videos ({cuts} cuts) and {len(truth['broken'])} broken inputs "
+               f"to {directory}; truth in {Path(directory) / 'truth.json'}")
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+def ui(port, host):
+    """Start the Dagster UI and daemon (`dagster dev`) for svdpipe with a project-local DAGSTER_HOME."""
+    home = dagster_home()
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})")
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", "-h", host, "-p", str(port)]
+    raise SystemExit(subprocess.call(cmd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""The Dagster code location: every asset, check, sensor and resource of svdpipe. Kept thin on purpose."""
+
+import dagster as dg
+
+from assets import ingestion
+from orchestration.resources import MlflowResource, SvdpipeResource
+from orchestration.sensors import new_videos_sensor
+
+_svdpipe = SvdpipeResource()
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingestion]),
+    sensors=[new_videos_sensor],
+    resources={"svdpipe": _svdpipe, "mlflow": MlflowResource(svdpipe=_svdpipe)},
+)

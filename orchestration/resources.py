@@ -1,0 +1,48 @@
+"""Dagster resources: the run configuration (with its storage) and MLflow.
+
+Both are built from the same ``SvdpipeConfig`` so that the UI, schedules, sensors and the CLI read one config.
+In the UI the profile, data root and overrides come from the launchpad or the environment
+(``SVDPIPE_PROFILE``, ``SVDPIPE_DATA_ROOT``, ``SVDPIPE__SECTION__FIELD``); the CLI passes them explicitly.
+"""
+
+
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Iterator, Optional
+
+import dagster as dg
+
+from svdpipe import tracking
+from svdpipe.config import SvdpipeConfig, load_config
+from svdpipe.storage import Storage, open_storage
+
+
+class SvdpipeResource(dg.ConfigurableResource):
+    """The resolved run configuration and the storage of its data root."""
+
+    profile: Optional[str] = None
+    data_root: Optional[str] = None
+    overrides: list[str] = []
+    params_file: Optional[str] = None
+
+    @cached_property
+    def config(self) -> SvdpipeConfig:
+        return load_config(self.profile, self.data_root, self.overrides, params_file=self.params_file)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.config.data_root)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Opens MLflow runs tagged with the Dagster run, asset and partition that produced them."""
+
+    svdpipe: SvdpipeResource
+
+    @contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str, **tags: str) -> Iterator:
+        dagster_tags = {"dagster.run_id": context.run.run_id, "dagster.asset": context.asset_key.to_user_string()}
+        if context.has_partition_key:
+            dagster_tags["dagster.partition"] = context.partition_key
+        with tracking.start_run(self.svdpipe.config, run_name, {**dagster_tags, **tags}) as run:
+            yield run

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates the virtual environment and installs svdpipe with its test tools. Safe to run again.
+set -euo pipefail
+PY=${1:-python3.11}
+VENV=${2:-.venv}
+
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  echo "ffmpeg not found: installing it from Debian's packages" >&2
+  if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: $PY not found; svdpipe needs Python 3.11 (set PY=/path/to/python3.11)" >&2
+  exit 1
+fi
+[[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch/torchvision are pinned in pyproject.toml; pip on Python 3.11 takes them from this machine's disk.
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -c "import torch, torchvision, av, dagster, mlflow; print('svdpipe environment ready: torch', torch.__version__, '| dagster', dagster.__version__, '| mlflow', mlflow.__version__)"

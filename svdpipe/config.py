@@ -1,0 +1,148 @@
+"""The one typed run configuration.
+
+A run's configuration is built in one direction only:
+
+    configs/<profile>.yaml  ->  SVDPIPE__SECTION__FIELD environment variables  ->  CLI ``--set section.field=value``
+
+and then validated by pydantic. The resolved object is what every stage reads, what is logged to MLflow params
+and what is shown in Dagster metadata (``SvdpipeConfig.flat()``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ENV_PREFIX = "SVDPIPE__"
+# Secrets never reach MLflow params or Dagster metadata, even if someone puts them in a config.
+SECRET_MARKERS = ("secret", "password", "token", "access_key")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Section):
+    """Raw-video ingestion: what counts as a video and how remote inputs are fetched."""
+
+    watch: str | None = Field(
+        None, description="folder or s3:// prefix the new-videos sensor watches (None: the sensor skips)"
+    )
+    ignore: tuple[str, ...] = Field(
+        (".*", "*.json", "*.md", "*.csv", "*.parquet", "*.dvc"),
+        description="file-name globs in a source that are not inputs (sidecar metadata, manifests, hidden files)",
+    )
+    download_timeout_s: float = Field(60.0, gt=0, description="per-request connect/read timeout for URL inputs")
+    download_retries: int = Field(3, ge=0, description="extra attempts for a URL after a transient failure")
+    max_input_bytes: int = Field(8 * 1024**3, gt=0, description="inputs larger than this are rejected unread")
+    min_decoded_fraction: float = Field(
+        0.9, gt=0, le=1, description="a stream decoding to less than this fraction of its declared length is truncated"
+    )
+    workers: int = Field(2, ge=1, description="processes probing inputs in parallel within one batch")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; unset means $MLFLOW_TRACKING_URI, else a local SQLite store"
+    )
+    experiment: str = "svdpipe"
+    artifact_location: str | None = Field(
+        None, description="artifact root for a newly created experiment (e.g. s3://bucket/mlflow); None: the default"
+    )
+
+
+class SvdpipeConfig(_Section):
+    profile: str = "tiny"
+    data_root: str = "./data"
+    seed: int = 0
+    ingest: IngestConfig = IngestConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def flat(self) -> dict[str, str]:
+        """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            elif not any(m in prefix.lower() for m in SECRET_MARKERS):
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.field=value`` with ``value`` parsed as YAML, so numbers, lists and booleans keep their types."""
+    if "=" not in text:
+        raise ValueError(f"config override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """``SVDPIPE__INGEST__WORKERS=4`` becomes ``("ingest.workers", 4)``."""
+    out = []
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            out.append((key, yaml.safe_load(raw) if raw.strip() else ""))
+    return out
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        base[k] = _merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def load_config(
+    profile: str | None = None,
+    data_root: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+    params_file: str | Path | None = None,
+) -> SvdpipeConfig:
+    """Resolve a run's configuration: profile YAML, params file, environment, then explicit overrides.
+
+    ``params_file`` is a YAML in the profile's shape (DVC's ``params.yaml``); its top-level keys that are not
+    config sections belong to DVC stages (the sample corpus, say) and are left to them.
+    """
+    environ = os.environ if environ is None else environ
+    profile = profile or environ.get("SVDPIPE_PROFILE") or "tiny"
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown profile {profile!r}; available: {', '.join(available_profiles())}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if params_file:
+        params = yaml.safe_load(Path(params_file).read_text()) or {}
+        _merge(tree, {k: v for k, v in params.items() if k in SvdpipeConfig.model_fields and k != "profile"})
+    tree["profile"] = profile
+    for key, value in env_overrides(environ):
+        _set_dotted(tree, key, value)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    root = data_root or environ.get("SVDPIPE_DATA_ROOT")
+    if root:
+        tree["data_root"] = root
+    return SvdpipeConfig.model_validate(tree)

@@ -1,0 +1,119 @@
+"""Shared fixtures: a real SeaweedFS S3 server, a local HTTP server, and generated sample corpora."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from curation.sample_corpus import make_sample_corpus
+from svdpipe import s3server
+
+REPO = Path(__file__).resolve().parent.parent
+SVDPIPE = str(Path(sys.executable).parent / "svdpipe")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """SeaweedFS on free loopback ports for the whole session; the AWS variables point at it."""
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh, empty bucket for one test."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    """A small labelled corpus (3 videos, 6 broken inputs) shared by read-only tests."""
+    out = tmp_path_factory.mktemp("corpus")
+    truth = make_sample_corpus(out, seed=11, videos=3, seconds=6.0, fps=24, width=256, height=144)
+    return out, truth
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests) and /chunked/<file> (no length)."""
+
+    failures: dict[str, int] = {}
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        parts = self.path.strip("/").split("/")
+        if parts[0] == "flaky":
+            n, rest = int(parts[1]), "/".join(parts[2:])
+            seen = _Handler.failures.get(self.path, 0)
+            _Handler.failures[self.path] = seen + 1
+            if seen < n:
+                self.send_error(503, "try again")
+                return
+            self.path = "/" + rest
+        elif parts[0] == "chunked":
+            data = (Path(self.directory) / "/".join(parts[1:])).read_bytes()
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 4096):
+                chunk = data[i : i + 4096]
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder, base URL): a loopback HTTP server over a temporary folder."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = lambda *a, **kw: _Handler(*a, directory=str(folder), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class Cli:
+    """Runs the installed ``svdpipe`` command in a subprocess with its own Dagster and MLflow stores."""
+
+    def __init__(self, tmp_path: Path):
+        self.env = dict(os.environ)
+        self.env.update(DAGSTER_HOME=str(tmp_path / "dagster_home"),
+                        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+        for name in ("SVDPIPE_PROFILE", "SVDPIPE_DATA_ROOT"):
+            self.env.pop(name, None)
+        self.cwd = tmp_path
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([SVDPIPE, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True,
+                              timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"svdpipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    return Cli(tmp_path)

@@ -1,0 +1,26 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.definitions import defs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dagster_definitions_validate(tmp_path):
+    env = {"DAGSTER_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "orchestration.definitions"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_asset_graph_has_the_ingestion_chain():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"ingested_batch", "videos"} <= keys
+    assert graph.get(dg.AssetKey("videos")).parent_keys == {dg.AssetKey("ingested_batch")}
+    assert isinstance(graph.get(dg.AssetKey("ingested_batch")).partitions_def, dg.DynamicPartitionsDefinition)
+    assert defs.resolve_sensor_def("new_videos_sensor") is not None
