@@ -46,6 +46,47 @@ class IngestConfig(_Section):
     workers: int = Field(2, ge=1, description="processes probing inputs in parallel within one batch")
 
 
+class CutsConfig(_Section):
+    """Cut detection: a cascade of PySceneDetect passes at three frame rates (owned by curation/cuts.py)."""
+
+    detect_width: int = Field(256, ge=32, description="frames are resized to this width for cut detection")
+
+
+class MotionConfig(_Section):
+    """Motion score: mean Farneback optical-flow magnitude between frames sampled at ``curation.sample_fps``."""
+
+    flow_short_side: int = Field(64, ge=8, description="frames are resized to this short side before the flow")
+
+
+class TextConfig(_Section):
+    """Text area: CRAFT text detection on the first, middle and last sampled frame of a clip."""
+
+    long_side: int = Field(640, ge=64, description="frames are resized to this long side for CRAFT")
+
+
+class ClipConfig(_Section):
+    """CLIP image/text embeddings, the aesthetic head on top of them, and the captioner."""
+
+    model: str = Field("tiny-clip", description="open_clip model name (tiny-* names are svdpipe's small random models)")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag, local path or None (random init)")
+
+
+class CaptionConfig(_Section):
+    model: str = Field("tiny-coca", description="open_clip CoCa model name (tiny-* are small random models)")
+    pretrained: str | None = None
+
+
+class CurationConfig(_Section):
+    workers: int = Field(2, ge=1, description="processes scoring videos in parallel within one partition")
+    sample_fps: float = Field(2.0, gt=0, description="rate of the frames kept for motion, text, CLIP and captions")
+    score_short_side: int = Field(256, ge=32, description="short side of the kept frames")
+    cuts: CutsConfig = CutsConfig()
+    motion: MotionConfig = MotionConfig()
+    text: TextConfig = TextConfig()
+    clip: ClipConfig = ClipConfig()
+    caption: CaptionConfig = CaptionConfig()
+
+
 class MlflowConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; unset means $MLFLOW_TRACKING_URI, else a local SQLite store"
@@ -61,6 +102,7 @@ class SvdpipeConfig(_Section):
     data_root: str = "./data"
     seed: int = 0
     ingest: IngestConfig = IngestConfig()
+    curation: CurationConfig = CurationConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     def flat(self) -> dict[str, str]:
