@@ -105,6 +105,7 @@ class Cli:
         for name in ("SVDPIPE_PROFILE", "SVDPIPE_DATA_ROOT"):
             self.env.pop(name, None)
         self.cwd = tmp_path
+        self.svdpipe = SVDPIPE
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([SVDPIPE, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True,

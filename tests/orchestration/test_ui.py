@@ -1,0 +1,43 @@
+"""`svdpipe ui` serves the Dagster UI on loopback with a project-local DAGSTER_HOME and shows svdpipe's assets."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+from svdpipe.s3server import free_port
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_ui_serves_the_asset_graph(cli, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in cli.env.items() if k != "DAGSTER_HOME"}  # the default: ./.dagster under the cwd
+    proc = subprocess.Popen([cli.svdpipe, "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        keys = None
+        while time.monotonic() < deadline and keys is None:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                data = _graphql(port, "{ assetNodes { assetKey { path } } }")
+                keys = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
+            except (OSError, KeyError, TypeError):
+                time.sleep(2)
+        assert keys is not None, "the Dagster UI did not answer"
+        assert {"ingested_batch", "videos"} <= keys
+        assert (tmp_path / ".dagster" / "dagster.yaml").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
