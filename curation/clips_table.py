@@ -11,6 +11,8 @@ import hashlib
 
 import pandas as pd
 
+CLIPS_KEY = "metadata/clips.parquet"
+
 # column -> pandas dtype. The first block is DESIGN.md's data contract; the rest is what else is useful.
 CLIP_COLUMNS: dict[str, str] = {
     "clip_id": "string",

@@ -39,16 +39,23 @@ def _resources(ctx: click.Context) -> dict:
     return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
 
 
-def _materialize(assets: list, resources: dict, instance, partition_key: str | None = None) -> None:
-    """Run the assets in this process, recorded in the Dagster instance like a run launched from the UI."""
+def _materialize(assets: list, resources: dict, instance, partition_key: str | None = None):
+    """Run the assets (and their checks) in this process, recorded in the Dagster instance like a UI run.
+
+    A failed blocking check fails the run: the CLI stops there, as a run launched from the UI would.
+    """
     import dagster as dg
 
     level = click.get_current_context().meta.get("dagster_log_level", "WARNING")
     result = dg.materialize(assets, resources=resources, instance=instance, partition_key=partition_key,
                             raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}})
-    if not result.success:
-        failed = [e.message for e in result.all_events if e.is_failure]
-        raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(failed[-3:]))
+    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    if failed_checks or not result.success:
+        lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" for e in failed_checks]
+        lines += [e.message for e in result.all_events if e.is_failure][-3:]
+        raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(lines) +
+                                   f"\n  details: `svdpipe ui`, run {result.run_id}")
+    return result
 
 
 def common_options(fn):
@@ -100,6 +107,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     """
     from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, summarize
+    from data_checks.checks import videos_table_check
     from orchestration.partitions import ingest_batches
     from svdpipe.sources import list_inputs
 
@@ -119,7 +127,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     instance.add_dynamic_partitions(ingest_batches.name, [b for b in todo if b not in registered])
     for batch in todo:
         _materialize([ingested_batch], resources, instance, partition_key=batch)
-    _materialize([videos], resources, instance)
+    _materialize([videos, videos_table_check], resources, instance)
     from curation.ingest import read_table
 
     frame = read_table(storage)
@@ -128,6 +136,55 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
                f"{counts['accepted']} accepted, {counts['rejected']} rejected")
     for uri, reason in frame.loc[frame["status"] == "rejected", ["source_uri", "reason"]].itertuples(index=False):
         click.echo(f"  rejected {Path(uri).name}: {reason}")
+
+
+@main.command()
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="Curated dataset(s) to build (repeatable). Default: every configured variant.")
+@common_options
+@click.pass_context
+def curate(ctx, variants, data_root, profile, overrides, params_file):
+    """Score the clips of every ingested batch not scored yet, validate the clips table, build curated datasets.
+
+    Scores are computed once (a rerun scores nothing); a variant only selects over them, so changing a threshold
+    (`--set variants.svd...` or params.yaml) rebuilds the selection and shards without rescoring.
+    """
+    from assets.curation import clip_scores, clips, curated_dataset
+    from curation.ingest import is_complete, known_batches
+    from data_checks.checks import clips_table_check
+    from orchestration.partitions import ingest_batches
+
+    _store(ctx, data_root, profile, overrides, params_file)
+    cfg = ctx.obj["config"]
+    chosen = list(variants) or sorted(cfg.variants)
+    unknown = [v for v in chosen if v not in cfg.variants]
+    if unknown:
+        raise click.UsageError(f"unknown variant(s) {unknown}; configured: {', '.join(sorted(cfg.variants))}")
+    resources = _resources(ctx)
+    storage = resources["svdpipe"].storage
+    batches = [b for b in sorted(known_batches(storage)) if is_complete(storage, b)]
+    if not batches:
+        raise click.UsageError(f"nothing ingested under {storage.root}; run `svdpipe ingest SOURCE` first")
+    instance = _instance()
+    registered = set(instance.get_dynamic_partitions(ingest_batches.name))
+    instance.add_dynamic_partitions(ingest_batches.name, [b for b in batches if b not in registered])
+    for batch in batches:
+        _materialize([clip_scores], resources, instance, partition_key=batch)
+    _materialize([clips, clips_table_check], resources, instance)
+    from curation.batch_scoring import read_clips_table
+    from curation.curated_dataset import prefix
+
+    import json
+
+    table = read_clips_table(storage)
+    click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "
+               f"{table['video_id'].nunique()} videos")
+    for variant in chosen:
+        _materialize([curated_dataset], resources, instance, partition_key=variant)
+        summary = json.loads(storage.read_text(f"{prefix(variant)}/selection.json"))
+        filters = ", ".join(f"{k} {v}" for k, v in summary["kept_by_filter"].items()) or "no score filter"
+        click.echo(f"  {variant:>12}: kept {summary['clips_kept']} of {summary['clips_usable']} usable clips "
+                   f"({filters}); {len(summary['shards'])} shard(s) in {storage.uri(prefix(variant))}")
 
 
 @main.command("sample-corpus")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,32 @@ class CutsConfig(_Section):
     """Cut detection: a cascade of PySceneDetect passes at three frame rates (owned by curation/cuts.py)."""
 
     detect_width: int = Field(256, ge=32, description="frames are resized to this width for cut detection")
+    full_threshold: float = Field(
+        27.0, gt=0, description="full-rate pass: ContentDetector score (mean HSV change, 0-255) that makes a hard cut"
+    )
+    sub_fps: tuple[float, float] = Field(
+        (6.0, 2.0),
+        description="target rates (fps) of the two subsampled ContentDetector passes; step = round(fps / rate)",
+    )
+    sub_thresholds: tuple[float, float] = Field(
+        (8.0, 12.0), description="ContentDetector score between successive samples that makes a subsampled candidate"
+    )
+    black_level: float = Field(
+        12.0, ge=0, le=255,
+        description="ThresholdDetector: mean pixel value below which a frame counts as faded to black",
+    )
+    min_shot_s: float = Field(0.4, ge=0, description="no shot is shorter than this (cuts closer together are merged)")
+    merge_s: float = Field(0.4, ge=0, description="detections from different passes this close are one cut")
+    fade_window_s: float = Field(
+        1.0, gt=0,
+        description="contrast on either side of a dip is measured over this long (at least the longest dissolve: "
+        "the dip can sit anywhere in it); the dip must be the lowest point within half of it",
+    )
+    dip_ratio: float = Field(
+        1.18, gt=0, le=1.5,
+        description="a dissolve's contrast dip: contrast at the dip over the lowest contrast a blend of the two "
+        "sides can have (about 1.0 for a dissolve between unrelated shots; 1.41 for no dip between equal sides)",
+    )
 
 
 class MotionConfig(_Section):
@@ -62,18 +88,49 @@ class TextConfig(_Section):
     """Text area: CRAFT text detection on the first, middle and last sampled frame of a clip."""
 
     long_side: int = Field(640, ge=64, description="frames are resized to this long side for CRAFT")
+    text_threshold: float = Field(
+        0.85, gt=0, lt=1,
+        description="CRAFT region score a text component must reach somewhere to count; above easyocr's 0.7, which "
+        "round shapes in textured scenes reach (up to 0.76 measured), while caption text peaks above 0.95",
+    )
+    link_threshold: float = Field(
+        0.4, gt=0, lt=1, description="CRAFT affinity score that links characters into one word box (easyocr: 0.4)"
+    )
+    low_text: float = Field(
+        0.4, gt=0, lt=1, description="CRAFT region score bounding a text component's extent (easyocr: 0.4)"
+    )
 
 
 class ClipConfig(_Section):
-    """CLIP image/text embeddings, the aesthetic head on top of them, and the captioner."""
+    """CLIP image/text embeddings of the first, middle and last frame, and the LAION-style aesthetic head on them."""
 
     model: str = Field("tiny-clip", description="open_clip model name (tiny-* names are svdpipe's small random models)")
-    pretrained: str | None = Field(None, description="open_clip pretrained tag, local path or None (random init)")
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (downloaded by open_clip), a local weights file, or None (random)"
+    )
+    aesthetic_head: str | None = Field(
+        None,
+        description="weights file of the LAION improved-aesthetic-predictor MLP for this CLIP; None: tiny models "
+        "get a seeded random head written to cache_dir, other models refuse to score",
+    )
+    cache_dir: str = Field(
+        "~/.cache/svdpipe", description="folder for files svdpipe generates for tiny models (the random aesthetic head)"
+    )
+    batch_size: int = Field(32, ge=1, description="frames per CLIP image-encoder forward pass")
 
 
 class CaptionConfig(_Section):
+    """Captions: CoCa on the middle frame (the paper's video captioner and LLM summary plug in beside it)."""
+
     model: str = Field("tiny-coca", description="open_clip CoCa model name (tiny-* are small random models)")
-    pretrained: str | None = None
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (downloaded by open_clip), a local weights file, or None (random)"
+    )
+    max_tokens: int = Field(
+        30, ge=1, le=75, description="longest caption in BPE tokens (CoCa's text context is 76 with the start token)"
+    )
+    min_tokens: int = Field(4, ge=1, description="shortest caption in BPE tokens: no end token before this many")
+    num_beams: int = Field(3, ge=1, description="beam-search width of the CoCa decoder (1: greedy)")
 
 
 class CurationConfig(_Section):
@@ -85,6 +142,49 @@ class CurationConfig(_Section):
     text: TextConfig = TextConfig()
     clip: ClipConfig = ClipConfig()
     caption: CaptionConfig = CaptionConfig()
+
+
+class ScoreFilter(_Section):
+    """Keep a clip when its ``score`` passes every bound given; percentiles are over the variant's usable clips."""
+
+    score: Literal["motion_score", "text_area_ratio", "aesthetic_score", "clip_text_similarity"]
+    min: float | None = Field(None, description="absolute lower bound (inclusive)")
+    max: float | None = Field(None, description="absolute upper bound (inclusive)")
+    drop_lowest_pct: float | None = Field(None, ge=0, lt=100, description="drop this percentage of lowest scores")
+    drop_highest_pct: float | None = Field(None, ge=0, lt=100, description="drop this percentage of highest scores")
+
+
+class VariantConfig(_Section):
+    """A named curation policy: which scored clips a curated dataset keeps."""
+
+    description: str = ""
+    min_duration_s: float = Field(1.0, ge=0, description="shorter clips are not usable for training")
+    filters: tuple[ScoreFilter, ...] = ()
+
+
+def _default_variants() -> dict[str, VariantConfig]:
+    # The paper's filters (Sec. 3, App. C): 25 % most static, 25 % most text (and > 7 % of the frame),
+    # 25 % lowest aesthetics, 50 % lowest CLIP text match removed; captions are not filtered.
+    return {
+        "uncurated": VariantConfig(description="every usable clip (long enough, scored)"),
+        "svd": VariantConfig(
+            description="SVD's curation: drop static, text-heavy, unaesthetic and poorly captioned clips",
+            filters=(
+                ScoreFilter(score="motion_score", drop_lowest_pct=25),
+                ScoreFilter(score="text_area_ratio", drop_highest_pct=25, max=0.07),
+                ScoreFilter(score="aesthetic_score", drop_lowest_pct=25),
+                ScoreFilter(score="clip_text_similarity", drop_lowest_pct=50),
+            ),
+        ),
+    }
+
+
+class ShardsConfig(_Section):
+    """WebDataset tar shards of a curated dataset: one sample per clip (mp4, json metadata, txt caption)."""
+
+    max_clips_per_shard: int = Field(256, ge=1)
+    short_side: int | None = Field(None, ge=16, description="resize clips to this short side; None keeps the source")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the re-encoded clips (lower is better)")
 
 
 class MlflowConfig(_Section):
@@ -103,6 +203,8 @@ class SvdpipeConfig(_Section):
     seed: int = 0
     ingest: IngestConfig = IngestConfig()
     curation: CurationConfig = CurationConfig()
+    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
+    shards: ShardsConfig = ShardsConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     def flat(self) -> dict[str, str]:

@@ -50,7 +50,7 @@ def ensure_experiment(cfg: SvdpipeConfig) -> str:
 
 
 @contextmanager
-def start_run(cfg: SvdpipeConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator["mlflow.ActiveRun"]:
+def start_run(cfg: SvdpipeConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator:
     """Open an MLflow run with the resolved config as params; yields the active run."""
     import mlflow
 

@@ -51,8 +51,8 @@ def test_frames_show_the_labelled_structure(corpus):
 
 
 def test_seeds_give_different_videos(tmp_path):
-    a = make_sample_corpus(tmp_path / "a", seed=1, videos=1, seconds=3, width=128, height=72, broken=False)
-    b = make_sample_corpus(tmp_path / "b", seed=2, videos=1, seconds=3, width=128, height=72, broken=False)
+    make_sample_corpus(tmp_path / "a", seed=1, videos=1, seconds=3, width=128, height=72, broken=False)
+    make_sample_corpus(tmp_path / "b", seed=2, videos=1, seconds=3, width=128, height=72, broken=False)
     fa = _gray_frames(next((tmp_path / "a").glob("video_*")))
     fb = _gray_frames(next((tmp_path / "b").glob("video_*")))
     assert np.abs(fa[0] - fb[0]).mean() > 10

@@ -20,7 +20,7 @@ def test_dagster_definitions_validate(tmp_path):
 def test_asset_graph_has_the_ingestion_chain():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"ingested_batch", "videos"} <= keys
+    assert {"ingested_batch", "videos", "clip_scores", "clips", "curated_dataset"} <= keys
     assert graph.get(dg.AssetKey("videos")).parent_keys == {dg.AssetKey("ingested_batch")}
     assert isinstance(graph.get(dg.AssetKey("ingested_batch")).partitions_def, dg.DynamicPartitionsDefinition)
     assert defs.resolve_sensor_def("new_videos_sensor") is not None
