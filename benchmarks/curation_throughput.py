@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from curation.cuts import CutCascade, detect_cuts_file, shots_from_cuts  # noqa: E402
 from curation.decode import decode_once, scaled_size  # noqa: E402
 from curation.motion import flow_magnitudes  # noqa: E402
+from curation.probe import probe_video  # noqa: E402
 from curation.sample_corpus import make_sample_corpus  # noqa: E402
 from curation.scoring import Scorers, first_middle_last, score_video  # noqa: E402
 from svdpipe.config import load_config  # noqa: E402
@@ -70,8 +71,8 @@ def frames_at(path: Path, indices: list[int], short_side: int) -> list[np.ndarra
 def naive(path: Path, cfg, scorers: Scorers) -> None:
     cur = cfg.curation
     cuts = detect_cuts_file(str(path), cur.cuts)
-    with av.open(str(path)) as c:
-        fps, n = float(c.streams.video[0].average_rate), c.streams.video[0].frames
+    probe = probe_video(path)
+    fps, n = probe.fps, probe.num_frames
     shots = shots_from_cuts(cuts, n)
     step = fps / cur.sample_fps
     samples = [int(round(k * step)) for k in range(int(n / step) + 1) if round(k * step) < n]
@@ -95,6 +96,41 @@ def naive(path: Path, cfg, scorers: Scorers) -> None:
         scorers.clip.text_similarity(emb, caption)
 
 
+_worker: dict = {}
+
+
+def _init(cfg_json: str) -> None:
+    import torch
+
+    from svdpipe.config import SvdpipeConfig
+
+    torch.set_num_threads(1)
+    cfg = SvdpipeConfig.model_validate_json(cfg_json)
+    _worker.update(cfg=cfg, scorers=Scorers.load(cfg.curation, cfg.seed))
+
+
+def _score_file(args: tuple[str, dict]) -> int:
+    path, row = args
+    if path == "":  # warm-up: models are loaded by the initializer
+        return 0
+    return len(score_video(path, row, _worker["cfg"].curation, _worker["scorers"]))
+
+
+def production(files: list[Path], probes: dict, cfg, workers: int) -> float:
+    """The path `svdpipe curate` takes: a pool of worker processes, one torch thread each, models loaded once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(cfg.model_dump_json(),)) as pool:
+        list(pool.map(_score_file, [("", {})] * workers))  # start every worker before the clock does
+        t0 = time.perf_counter()
+        # Longest first, so no worker is left alone with a long video at the end.
+        order = sorted(files, key=lambda f: -probes[f].num_frames)
+        list(pool.map(_score_file, [(str(f), {"video_id": f.stem, **probes[f].as_row()}) for f in order]))
+        return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=3.0)
@@ -106,28 +142,22 @@ def main() -> None:
     files = corpus(args.out, args.minutes, args.width, args.height)
     cfg = load_config("tiny", environ={})
     cur = cfg.curation
-    video_s = 0.0
-    for f in files:
-        with av.open(str(f)) as c:
-            video_s += float(c.streams.video[0].frames / c.streams.video[0].average_rate)
+    probes = {f: probe_video(f) for f in files}
+    video_s = sum(p.duration_s for p in probes.values())
 
     t_load = time.perf_counter()
     scorers = Scorers.load(cur, cfg.seed)
     load_s = time.perf_counter() - t_load
 
     def cuts_motion(f):
-        cascade = CutCascade(cur.cuts, 24.0)
+        cascade = CutCascade(cur.cuts, probes[f].fps)
         d = decode_once(f, cur.sample_fps, cur.score_short_side, cur.motion.flow_short_side, cur.cuts.detect_width,
                         cascade.push)
         cascade.finish(d.num_frames)
         flow_magnitudes([s.gray for s in d.samples])
 
     def score_all(f):
-        with av.open(str(f)) as c:
-            s = c.streams.video[0]
-            row = {"video_id": f.stem, "fps": float(s.average_rate), "num_frames": s.frames,
-                   "width": s.codec_context.width, "height": s.codec_context.height}
-        score_video(f, row, cur, scorers)
+        score_video(f, {"video_id": f.stem, **probes[f].as_row()}, cur, scorers)
 
     stages = {
         "floor: ffmpeg decode": lambda f: subprocess.run(["ffmpeg", "-v", "error", "-i", str(f), "-f", "null", "-"],
@@ -142,6 +172,9 @@ def main() -> None:
     for name, fn in stages.items():
         results[name] = sum(timed(lambda: fn(f)) for f in files)
         print(f"{name:45s} {results[name]:8.2f} s", flush=True)
+    name = f"all scorers, {cur.workers} worker processes (as `svdpipe curate`)"
+    results[name] = production(files, probes, cfg, cur.workers)
+    print(f"{name:45s} {results[name]:8.2f} s", flush=True)
     floor = results["floor: ffmpeg decode"]
     report = {
         "video_seconds": round(video_s, 1), "files": len(files), "size": f"{args.width}x{args.height}",

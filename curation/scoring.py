@@ -41,6 +41,21 @@ class Scorers:
         return {"text": self.text.name, "clip": self.clip.name, "caption": self.captioner.name}
 
 
+def away_from_fades(inside: np.ndarray, sample_frames: np.ndarray, start: int, end: int, fade_in: bool,
+                    fade_out: bool, margin: int) -> np.ndarray:
+    """Samples of a clip that are not in a dissolve at its ends (when any are left).
+
+    A cut inside a dissolve leaves blended frames of the neighbouring shot at the clip's ends; scoring them would
+    credit this clip with the other shot's text or looks.
+    """
+    keep = np.ones(len(inside), bool)
+    if fade_in:
+        keep &= sample_frames[inside] >= start + margin
+    if fade_out:
+        keep &= sample_frames[inside] < end - margin
+    return inside[keep] if keep.any() else inside
+
+
 def first_middle_last(positions: np.ndarray) -> list[int]:
     """Positions of the first, middle and last sample of a clip (repeats when it holds fewer than three)."""
     n = len(positions)
@@ -83,7 +98,10 @@ def score_video(path: str | Path, video: dict, cfg: CurationConfig, scorers: Sco
             continue
         try:
             row["motion_score"], row["motion_series"] = clip_motion(sample_frames, steps, start, end)
-            picks = first_middle_last(inside)
+            margin = int(round(cfg.cuts.fade_window_s * fps / 2))
+            clean = away_from_fades(inside, sample_frames, start, end, kinds.get(start) == "fade",
+                                    kinds.get(end) == "fade", margin)
+            picks = first_middle_last(clean)
             frames = [samples[i].rgb for i in picks]
             row["score_frames"] = [int(sample_frames[i]) for i in picks]
             row["text_area_ratio"], row["text_area_per_frame"] = scorers.text.score(frames)

@@ -26,3 +26,4 @@ def test_clip_motion_uses_only_steps_inside_the_clip():
     assert clip_motion(sample_frames, steps, 30, 60) == (4.0, [4.0])  # 24->36 straddles the cut at 30
     score, series = clip_motion(sample_frames, steps, 20, 30)  # one sample only
     assert np.isnan(score) and series == []
+

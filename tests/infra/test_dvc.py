@@ -37,6 +37,9 @@ def test_dvc_repro_and_push(tmp_path, s3, bucket):
     table = pd.read_parquet(work / "data/pipeline/metadata/videos.parquet")
     assert (table["status"] == "accepted").sum() == 2 and (table["status"] == "rejected").sum() == 6
     assert "dvc.lock" in os.listdir(work)
+    for variant in ("uncurated", "svd"):
+        assert (work / f"data/pipeline/curated/{variant}/selection.json").exists()
+    assert (work / "data/pipeline/metadata/clips.parquet").exists()
     assert "up to date" in _dvc(["repro"], work, env)
 
     _dvc(["push"], work, env)  # the default remote: a local folder beside the repository
