@@ -13,6 +13,7 @@ from curation import clips_table, ingest
 from curation.batch_scoring import read_optional
 from data_checks.suites import ValidationOutcome, validate
 from orchestration.resources import SvdpipeResource
+from svdpipe.storage import Storage
 
 CLIPS_KEY = clips_table.CLIPS_KEY
 
@@ -44,9 +45,13 @@ def check_result(outcome: ValidationOutcome, path: str) -> dg.AssetCheckResult:
     )
 
 
-def _missing(path: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                               description=f"no table at {path}", metadata={"path": dg.MetadataValue.path(path)})
+def _validate_table(storage: Storage, key: str, suite: str) -> dg.AssetCheckResult:
+    path = storage.uri(key)
+    frame = read_optional(storage, key)
+    if frame is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=f"no table at {path}", metadata={"path": dg.MetadataValue.path(path)})
+    return check_result(validate(frame, suite), path)
 
 
 @dg.asset_check(
@@ -56,11 +61,7 @@ def _missing(path: str) -> dg.AssetCheckResult:
                 "accepted videos, unique ids.",
 )
 def videos_table_check(svdpipe: SvdpipeResource) -> dg.AssetCheckResult:
-    storage = svdpipe.storage
-    path = storage.uri(ingest.VIDEOS_KEY)
-    if not storage.exists(ingest.VIDEOS_KEY):
-        return _missing(path)
-    return check_result(validate(ingest.read_table(storage), "videos"), path)
+    return _validate_table(svdpipe.storage, ingest.VIDEOS_KEY, "videos")
 
 
 @dg.asset_check(
@@ -70,12 +71,7 @@ def videos_table_check(svdpipe: SvdpipeResource) -> dg.AssetCheckResult:
                 "frame ranges, consistent durations, no overlapping clips, score ranges, captions present.",
 )
 def clips_table_check(svdpipe: SvdpipeResource) -> dg.AssetCheckResult:
-    storage = svdpipe.storage
-    path = storage.uri(CLIPS_KEY)
-    frame = read_optional(storage, CLIPS_KEY)
-    if frame is None:
-        return _missing(path)
-    return check_result(validate(frame, "clips"), path)
+    return _validate_table(svdpipe.storage, CLIPS_KEY, "clips")
 
 
 asset_checks = [videos_table_check, clips_table_check]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,14 @@ def _resources(ctx: click.Context) -> dict:
     res = SvdpipeResource(profile=obj["profile"], data_root=obj["data_root"], overrides=list(obj["overrides"]),
                           params_file=obj["params_file"])
     return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+
+
+def _register_batches(instance, batches: list[str]) -> None:
+    """Make each batch a partition of the ingestion assets (what the sensor does for watched sources)."""
+    from orchestration.partitions import ingest_batches
+
+    registered = set(instance.get_dynamic_partitions(ingest_batches.name))
+    instance.add_dynamic_partitions(ingest_batches.name, [b for b in batches if b not in registered])
 
 
 def _materialize(assets: list, resources: dict, instance, partition_key: str | None = None):
@@ -106,9 +115,8 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     and a batch interrupted earlier is resumed.
     """
     from assets.ingestion import ingested_batch, videos
-    from curation.ingest import plan_batches, summarize
+    from curation.ingest import plan_batches, read_table, summarize
     from data_checks.checks import videos_table_check
-    from orchestration.partitions import ingest_batches
     from svdpipe.sources import list_inputs
 
     _store(ctx, data_root, profile, overrides, params_file)
@@ -123,13 +131,10 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     click.echo(f"{len(uris)} inputs under {source}: {len(new)} new, {len(uris) - len(new)} already known; "
                f"{len(todo)} batch(es) to run")
     instance = _instance()
-    registered = set(instance.get_dynamic_partitions(ingest_batches.name))
-    instance.add_dynamic_partitions(ingest_batches.name, [b for b in todo if b not in registered])
+    _register_batches(instance, todo)
     for batch in todo:
         _materialize([ingested_batch], resources, instance, partition_key=batch)
     _materialize([videos, videos_table_check], resources, instance)
-    from curation.ingest import read_table
-
     frame = read_table(storage)
     counts = summarize(frame)
     click.echo(f"videos table {storage.uri('metadata/videos.parquet')}: {counts['inputs']} inputs, "
@@ -150,9 +155,10 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     (`--set variants.svd...` or params.yaml) rebuilds the selection and shards without rescoring.
     """
     from assets.curation import clip_scores, clips, curated_dataset
+    from curation.batch_scoring import read_clips_table
+    from curation.curated_dataset import prefix
     from curation.ingest import is_complete, known_batches
     from data_checks.checks import clips_table_check
-    from orchestration.partitions import ingest_batches
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -166,16 +172,10 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     if not batches:
         raise click.UsageError(f"nothing ingested under {storage.root}; run `svdpipe ingest SOURCE` first")
     instance = _instance()
-    registered = set(instance.get_dynamic_partitions(ingest_batches.name))
-    instance.add_dynamic_partitions(ingest_batches.name, [b for b in batches if b not in registered])
+    _register_batches(instance, batches)
     for batch in batches:
         _materialize([clip_scores], resources, instance, partition_key=batch)
     _materialize([clips, clips_table_check], resources, instance)
-    from curation.batch_scoring import read_clips_table
-    from curation.curated_dataset import prefix
-
-    import json
-
     table = read_clips_table(storage)
     click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "
                f"{table['video_id'].nunique()} videos")

@@ -1,28 +1,19 @@
 import huggingface_hub.constants
-import numpy as np
 import pytest
 import torch
 
 from curation import clip_models
 from curation.captions import Captioner, CocaCaptioner, build_captioners, caption_clip
+from frame_helpers import random_frames
 from svdpipe.config import CaptionConfig, load_config
 
 # Short captions keep the tests quick; the defaults are exercised by the first test.
 SHORT = CaptionConfig(max_tokens=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models are many small ops: on a busy machine, torch's spinning worker threads only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def _frames(seed: int, n: int = 3) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (72, 128, 3), dtype=np.uint8) for _ in range(n)]
+_frames = random_frames
 
 
 def test_tiny_coca_captions_are_clean_nonempty_and_deterministic():

@@ -5,21 +5,13 @@ import torch
 from curation import aesthetic
 from curation.clip_models import load_model
 from curation.clip_scores import ClipScorer
+from frame_helpers import random_frames
 from svdpipe.config import ClipConfig, load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models are many small ops: on a busy machine, torch's spinning worker threads only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def _frames(seed: int, n: int = 3) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (72, 128, 3), dtype=np.uint8) for _ in range(n)]
+_frames = random_frames
 
 
 @pytest.fixture
