@@ -8,7 +8,6 @@ a threshold never recomputes a score.
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import tempfile
@@ -93,8 +92,8 @@ def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = 
 
 
 def read_clips(root: Storage, version: str, video_ids: list[str]) -> pd.DataFrame:
-    frames = [pd.read_parquet(io.BytesIO(root.read_bytes(result_key(version, vid)))) for vid in video_ids
-              if root.exists(result_key(version, vid))]
+    frames = [f for f in (ingest.read_optional(root, result_key(version, vid)) for vid in video_ids)
+              if f is not None]
     return pd.concat(frames, ignore_index=True) if frames else to_frame([])
 
 
@@ -109,9 +108,5 @@ def consolidate(root: Storage, cfg: SvdpipeConfig) -> pd.DataFrame:
 
 
 def read_clips_table(root: Storage) -> pd.DataFrame:
-    return read_optional(root, CLIPS_KEY) if root.exists(CLIPS_KEY) else to_frame([])
-
-
-def read_optional(root: Storage, key: str) -> pd.DataFrame | None:
-    """A parquet table under the data root, or None when it has not been written."""
-    return pd.read_parquet(io.BytesIO(root.read_bytes(key))) if root.exists(key) else None
+    frame = ingest.read_optional(root, CLIPS_KEY)
+    return to_frame([]) if frame is None else frame

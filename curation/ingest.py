@@ -135,10 +135,14 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def read_optional(root: Storage, key: str) -> pd.DataFrame | None:
+    """A parquet table under the data root, or None when it has not been written."""
+    return pd.read_parquet(io.BytesIO(root.read_bytes(key))) if root.exists(key) else None
+
+
 def read_table(root: Storage, key: str = VIDEOS_KEY) -> pd.DataFrame:
-    if not root.exists(key):
-        return to_frame([])
-    return pd.read_parquet(io.BytesIO(root.read_bytes(key)))
+    frame = read_optional(root, key)
+    return to_frame([]) if frame is None else frame
 
 
 def write_table(root: Storage, key: str, frame: pd.DataFrame) -> None:

@@ -10,7 +10,6 @@ import json
 import dagster as dg
 
 from curation import clips_table, ingest
-from curation.batch_scoring import read_optional
 from data_checks.suites import ValidationOutcome, validate
 from orchestration.resources import SvdpipeResource
 from svdpipe.storage import Storage
@@ -47,7 +46,7 @@ def check_result(outcome: ValidationOutcome, path: str) -> dg.AssetCheckResult:
 
 def _validate_table(storage: Storage, key: str, suite: str) -> dg.AssetCheckResult:
     path = storage.uri(key)
-    frame = read_optional(storage, key)
+    frame = ingest.read_optional(storage, key)
     if frame is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    description=f"no table at {path}", metadata={"path": dg.MetadataValue.path(path)})

@@ -113,13 +113,18 @@ def test_vprediction_ideal_F_is_v_and_denoiser_returns_x0():
     assert seen["cond_a"] == 7
 
 
-@pytest.mark.parametrize("pre", PRECONDS, ids=repr)
-def test_generic_ideal_F_gives_x0(pre):
-    x0, n, sigma = _data(seed=1)
+def _noised_with_target(pre, seed: int):
+    """(x0, sigma, sigma broadcast, x = x0 + sigma n, the ideal network output F_target = (x0 - c_skip x) / c_out)."""
+    x0, n, sigma = _data(seed=seed)
     s = append_dims(sigma, x0.ndim)
     x = x0 + s * n
     c_skip, c_out, _, _ = pre.scalings(s)
-    F_target = (x0 - c_skip * x) / c_out
+    return x0, sigma, s, x, (x0 - c_skip * x) / c_out
+
+
+@pytest.mark.parametrize("pre", PRECONDS, ids=repr)
+def test_generic_ideal_F_gives_x0(pre):
+    x0, sigma, s, x, F_target = _noised_with_target(pre, seed=1)
     _close(pre.denoise(lambda x_in, c_noise: F_target, x, sigma), x0)
     # A sigma already broadcastable to x gives the same result.
     _close(pre.denoise(lambda x_in, c_noise: F_target, x, s), x0)
@@ -141,11 +146,7 @@ def test_loss_weight_sigma_data_one_matches_design():
 @pytest.mark.parametrize("pre", PRECONDS, ids=repr)
 def test_edm_loss_equals_unweighted_F_error(pre):
     # Karras Eq. 8: lambda ||D - x0||^2 = lambda c_out^2 ||F - F_target||^2 = ||F - F_target||^2.
-    x0, n, sigma = _data(seed=2)
-    s = append_dims(sigma, x0.ndim)
-    x = x0 + s * n
-    c_skip, c_out, _, _ = pre.scalings(s)
-    F_target = (x0 - c_skip * x) / c_out
+    x0, sigma, s, x, F_target = _noised_with_target(pre, seed=2)
     g = torch.Generator().manual_seed(3)
     F_out = F_target + 0.1 * torch.randn(x0.shape, generator=g, dtype=F64)
     D = pre.denoise(lambda x_in, c_noise: F_out, x, sigma)
