@@ -37,7 +37,9 @@ def _resources(ctx: click.Context) -> dict:
     obj = ctx.obj
     res = SvdpipeResource(profile=obj["profile"], data_root=obj["data_root"], overrides=list(obj["overrides"]),
                           params_file=obj["params_file"])
-    return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+    import dagster as dg
+
+    return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res), "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def _register_batches(instance, batches: list[str]) -> None:
@@ -185,6 +187,79 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
         filters = ", ".join(f"{k} {v}" for k, v in summary["kept_by_filter"].items()) or "no score filter"
         click.echo(f"  {variant:>12}: kept {summary['clips_kept']} of {summary['clips_usable']} usable clips "
                    f"({filters}); {len(summary['shards'])} shard(s) in {storage.uri(prefix(variant))}")
+
+
+def _variants(cfg, variants) -> list[str]:
+    chosen = list(variants) or sorted(cfg.variants)
+    unknown = [v for v in chosen if v not in cfg.variants]
+    if unknown:
+        raise click.UsageError(f"unknown variant(s) {unknown}; configured: {', '.join(sorted(cfg.variants))}")
+    return chosen
+
+
+@main.command()
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="Curation variant(s) to train on (repeatable). Default: every configured variant.")
+@click.option("--stage", type=click.Choice(["1", "2", "3", "all"]), default="all", show_default=True,
+              help="Stage to train: 1 image, 2 video pretraining, 3 finetuning; all runs 1 -> 2 -> 3.")
+@common_options
+@click.pass_context
+def train(ctx, variants, stage, data_root, profile, overrides, params_file):
+    """Compute clip latents, then train the stages with DeepSpeed (each a torchrun/python process under Pipes).
+
+    A stage whose model is up to date (same data, config and parent model) is not retrained; an interrupted
+    stage resumes from its newest checkpoint. Each stage logs one MLflow run; models land in ROOT/models/.
+    """
+    from assets.training import clip_latents, finetuned_model, image_model, video_model
+    from training import model_store
+
+    _store(ctx, data_root, profile, overrides, params_file)
+    cfg = ctx.obj["config"]
+    resources = _resources(ctx)
+    storage = resources["svdpipe"].storage
+    instance = _instance()
+    stages = [1, 2, 3] if stage == "all" else [int(stage)]
+    assets = {1: image_model, 2: video_model, 3: finetuned_model}
+    for variant in _variants(cfg, variants):
+        if not storage.exists(f"curated/{variant}/selection.json"):
+            raise click.UsageError(f"no curated dataset {variant!r} under {storage.root}: run `svdpipe curate` first")
+        _materialize([clip_latents], resources, instance, partition_key=variant)
+        for s in stages:
+            result = _materialize([assets[s]], resources, instance, partition_key=variant)
+            meta = result.get_asset_materialization_events()[-1].materialization.metadata
+            info = model_store.read_info(storage, model_store.model_key(variant, s)) or {}
+            note = " (up to date, not retrained)" if meta.get("skipped") and meta["skipped"].value else ""
+            click.echo(f"  {variant:>12} stage {s}: final loss {info.get('final_loss', float('nan')):.4f} after "
+                       f"{info.get('steps')} steps, MLflow run {info.get('run_id')}, model "
+                       f"{storage.uri(model_store.model_key(variant, s))}{note}")
+
+
+@main.command()
+@click.option("--variant", "variants", multiple=True, metavar="NAME",
+              help="Variant(s) whose Stage III model to evaluate (repeatable). Default: every configured variant.")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="Then compare the newest evaluation of every variant (table, plot, MLflow run).")
+@common_options
+@click.pass_context
+def evaluate(ctx, variants, compare, data_root, profile, overrides, params_file):
+    """Evaluate Stage III models on held-out clips, apply the registration rule, and compare the variants."""
+    from assets.evaluation import evaluation, variant_comparison
+
+    _store(ctx, data_root, profile, overrides, params_file)
+    cfg = ctx.obj["config"]
+    resources = _resources(ctx)
+    instance = _instance()
+    for variant in _variants(cfg, variants):
+        result = _materialize([evaluation], resources, instance, partition_key=variant)
+        meta = result.get_asset_materialization_events()[-1].materialization.metadata
+        shown = {k: meta[k].value for k in ("val_loss", "motion_fidelity", "temporal_consistency") if k in meta}
+        click.echo(f"  {variant:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) +
+                   (f"; registered: {meta['registered'].value} ({meta['registration_rule'].value})"
+                    if "registered" in meta else ""))
+    if compare:
+        result = _materialize([variant_comparison], resources, instance)
+        meta = result.get_asset_materialization_events()[-1].materialization.metadata
+        click.echo("\n" + meta["table"].value)
 
 
 @main.command("sample-corpus")

@@ -2,16 +2,23 @@
 
 import dagster as dg
 
-from assets import curation, ingestion
+from assets import curation, evaluation, ingestion, training
 from data_checks.checks import asset_checks
 from orchestration.resources import MlflowResource, SvdpipeResource
+from orchestration.schedules import retrain_finetune, retrain_schedule, train_variant
 from orchestration.sensors import new_videos_sensor
 
 _svdpipe = SvdpipeResource()
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, curation]),
+    assets=dg.load_assets_from_modules([ingestion, curation, training, evaluation]),
+    jobs=[train_variant, retrain_finetune],
+    schedules=[retrain_schedule],
     asset_checks=asset_checks,
     sensors=[new_videos_sensor],
-    resources={"svdpipe": _svdpipe, "mlflow": MlflowResource(svdpipe=_svdpipe)},
+    resources={
+        "svdpipe": _svdpipe,
+        "mlflow": MlflowResource(svdpipe=_svdpipe),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
 )

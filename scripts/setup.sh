@@ -11,6 +11,14 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# The browser tests (tests/browser/) drive Debian's Chromium with Playwright's client; no browser download.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium not found: installing it from Debian's packages (for tests/browser/)" >&2
+  if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 if ! command -v "$PY" >/dev/null 2>&1; then
   echo "error: $PY not found; svdpipe needs Python 3.11 (set PY=/path/to/python3.11)" >&2
   exit 1

@@ -197,6 +197,75 @@ class MlflowConfig(_Section):
     )
 
 
+class StageConfig(_Section):
+    """One training stage (DESIGN.md, Training): resolution, schedule and EDM training noise."""
+
+    height: int = Field(64, ge=8, description="training resolution in pixels (a multiple of the autoencoder's factor)")
+    width: int = Field(64, ge=8)
+    frames: int = Field(1, ge=1, description="frames per sample (1: image stage)")
+    steps: int = Field(20, ge=1, description="optimizer steps")
+    micro_batch: int = Field(2, ge=1, description="samples per process per forward pass")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    P_mean: float = Field(-1.2, description="ln(sigma) ~ N(P_mean, P_std^2): the training noise")
+    P_std: float = Field(1.2, gt=0)
+    p_drop: float = Field(0.1, ge=0, lt=1, description="share of samples trained unconditioned (for guidance)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights; None: no EMA")
+
+
+def _default_stages() -> dict[str, StageConfig]:
+    return {
+        "1": StageConfig(frames=1, P_mean=-1.2, P_std=1.0),
+        "2": StageConfig(frames=4, P_mean=-1.2, P_std=1.2),
+        "3": StageConfig(frames=4, height=96, width=96, P_mean=0.7, P_std=1.6, lr=3e-5, ema_decay=0.99),
+    }
+
+
+class TrainingConfig(_Section):
+    """The three stages and what they share; the ``svd`` profile sets the paper's values."""
+
+    model_size: Literal["tiny", "svd"] = Field("tiny", description="UNet, autoencoder and image-encoder sizes")
+    deepspeed: str = Field("zero2", description="infra/deepspeed/<name>.json (zero2 or zero3) or a path")
+    nproc: int = Field(1, ge=1, description="training processes per node (torchrun --nproc-per-node)")
+    stages: dict[str, StageConfig] = Field(default_factory=_default_stages)
+    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between DeepSpeed checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    motion_score_max: float = Field(
+        32.0, gt=0, description="motion score mapped to bucket 255 (training.conditioning.motion_bucket)"
+    )
+    frame_rate: float = Field(
+        7.0, gt=0, description="frames are taken from clips at about this rate (SVD's pipeline default fps is 7)"
+    )
+    cond_aug_samples: int = Field(2, ge=1, description="noise-augmented conditioning latents stored per clip")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="clips held out for evaluation (by clip id hash)")
+    text_encoder: str = Field("tiny-clip", description="open_clip model whose text tower conditions stage 1")
+    text_encoder_pretrained: str | None = None
+    vae_path: str | None = Field(None, description="pretrained autoencoder (folder or hub id); None: random")
+    image_encoder_path: str | None = Field(None, description="pretrained CLIP image encoder; None: random")
+    image_unet_path: str | None = Field(None, description="initial stage 1 weights (e.g. SD 2.1's UNet)")
+    sample_steps: int = Field(8, ge=1, description="sampler steps for the sample videos logged per stage")
+
+
+class EvaluationConfig(_Section):
+    sample_steps: int = Field(8, ge=1, description="EDM sampler steps per generated video")
+    heun: bool = Field(False, description="Heun's 2nd order correction (EDM Algorithm 1)")
+    min_guidance: float = Field(1.0, ge=0)
+    max_guidance: float = Field(2.5, ge=0, description="guidance on the last frame (rises linearly from min)")
+    max_videos: int = Field(8, ge=1, description="held-out clips generated per evaluation")
+    val_sigmas: tuple[float, ...] = Field(
+        (0.02, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0), description="fixed noise levels of the validation loss"
+    )
+    feature_extractor: str = Field("clip", description="Frechet distance features: clip, or i3d with i3d_weights")
+    i3d_weights: str | None = None
+    register_metric: str = Field("val_loss", description="a new stage-3 model is registered only if not worse")
+
+
+class ScheduleConfig(_Section):
+    retrain_cron: str = Field("0 3 * * 0", description="cron of the stage-3 retraining schedule (Sundays 03:00)")
+    retrain_variant: str = Field("svd", description="curation variant the schedule retrains on")
+
+
 class SvdpipeConfig(_Section):
     profile: str = "tiny"
     data_root: str = "./data"
@@ -206,6 +275,9 @@ class SvdpipeConfig(_Section):
     variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
     shards: ShardsConfig = ShardsConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     def flat(self) -> dict[str, str]:
         """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""

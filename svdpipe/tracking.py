@@ -50,12 +50,19 @@ def ensure_experiment(cfg: SvdpipeConfig) -> str:
 
 
 @contextmanager
-def start_run(cfg: SvdpipeConfig, run_name: str, tags: dict[str, str] | None = None) -> Iterator:
-    """Open an MLflow run with the resolved config as params; yields the active run."""
+def start_run(
+    cfg: SvdpipeConfig, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> Iterator:
+    """Open an MLflow run with the resolved config as params; yields the active run.
+
+    ``run_id`` continues an existing run (a resumed training stage appends to the run it started).
+    """
     import mlflow
 
     experiment_id = ensure_experiment(cfg)
     all_tags = {"profile": cfg.profile, "data_root": cfg.data_root, **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
+    if run_id is not None:
+        all_tags = None  # tags were set when the run started; MLflow refuses new tags on a resumed start
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, run_id=run_id) as run:
         mlflow.log_params({k: v[:MAX_PARAM_LEN] for k, v in cfg.flat().items()})
         yield run

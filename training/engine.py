@@ -7,7 +7,13 @@ length) so one file serves every stage and machine.
 Resume contract: a run of N steps equals a run of k steps plus a fresh process resuming at k and running
 N - k more. That holds because (a) data come from ``batches_fn(step)`` and noise from a generator seeded by
 ``seed + step``, never from the global RNG, and (b) model, optimizer and scheduler state travel in the
-DeepSpeed checkpoint, with the step and global RNG states in ``client_state``.
+DeepSpeed checkpoint, with the step and global RNG states in ``client_state``, and (c) the optional weight EMA
+(``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``.
+
+Data parallelism: ``batches_fn`` always yields the global batch and the objective's random draws are made for
+all of it before it is sliced per rank and micro-batch, so 2 ranks x micro-batch 1, 1 rank x micro-batch 2 and
+1 rank x 2 accumulated micro-batches of 1 train identically up to fp32 summation order
+(``tests/training/test_distributed.py``).
 
 Run ``python -m training.engine --help`` for a small CLI used by the tests (one scenario per process, since
 torch.distributed state is process-global).
@@ -21,7 +27,9 @@ import json
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +43,37 @@ if not torch.cuda.is_available():
 
 import deepspeed
 
-from training.edm import LogNormalSigma, VPredictionPreconditioning, edm_loss
+from training.edm import LogNormalSigma
+from training.ema import EMA
+from training.objectives import ImageObjective, Objective, VideoObjective
 
-__all__ = ["load_ds_config", "make_engine", "resume", "synthetic_batches", "train_steps"]
+__all__ = [
+    "CONFIG_DIR",
+    "StepResult",
+    "load_ds_config",
+    "make_engine",
+    "resume",
+    "seed_everything",
+    "train_steps",
+]
+
+EMA_FILE = "ema.safetensors"
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "infra" / "deepspeed"
 
 Batch = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports: the global batch's sigmas and per-sample losses, and its wall time."""
+
+    step: int  # steps completed
+    loss: float
+    sigma: Tensor
+    sample_losses: Tensor
+    samples: int
+    seconds: float
 
 
 def load_ds_config(
@@ -124,30 +156,6 @@ def make_engine(model: torch.nn.Module, ds_config: dict, lr: float, seed: int):
     return engine
 
 
-def synthetic_batches(
-    batch_size: int,
-    seed: int,
-    *,
-    channels: int = 4,
-    size: int = 16,
-    context_len: int = 1,
-    context_dim: int = 32,
-) -> Callable[[int], Batch]:
-    """Deterministic fake latents and text context; batch ``step`` depends only on (seed, step).
-
-    Defaults match ``build_image_unet("tiny")`` (4 latent channels, 16x16, cross-attention dim 32).
-    """
-
-    def batches_fn(step: int) -> Batch:
-        # Offset by a large odd constant so the data stream never coincides with the noise stream (seed+step).
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_919)
-        latents = torch.randn(batch_size, channels, size, size, generator=g)
-        context = torch.randn(batch_size, context_len, context_dim, generator=g)
-        return {"latents": latents, "context": context}
-
-    return batches_fn
-
-
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -158,6 +166,10 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def _slice(batch: Batch, lo: int, hi: int) -> Batch:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
 def train_steps(
     engine,
     batches_fn: Callable[[int], Batch],
@@ -166,74 +178,99 @@ def train_steps(
     ckpt_dir: str | Path | None = None,
     ckpt_every: int = 0,
     *,
-    sigma_dist: LogNormalSigma | None = None,
+    objective: Objective | None = None,
     seed: int | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    ema: EMA | None = None,
 ) -> list[float]:
-    """Run ``steps`` optimizer steps from ``start_step`` and return each step's mean loss.
+    """Run ``steps`` optimizer steps from ``start_step`` and return each step's mean loss over the global batch.
 
-    One step consumes ``batches_fn(step)``, a batch of micro_batch * grad_accum samples split into the
-    engine's micro-batches; DeepSpeed scales each backward by 1/grad_accum and only applies the optimizer at
-    the accumulation boundary, so one loop iteration here is one optimizer (and scheduler) step.
-    Checkpoints go to ``ckpt_dir`` as tag ``step{n}`` after every ``ckpt_every``-th completed step.
+    ``batches_fn(step)`` gives the *global* batch of micro_batch * grad_accum * world_size samples; the
+    objective draws its randomness for all of it from a generator seeded by ``seed + step``, then each rank
+    takes its contiguous share and splits it into ``grad_accum`` micro-batches. DeepSpeed scales each backward
+    by 1/grad_accum, averages gradients over ranks and steps the optimizer at the boundary, so one iteration
+    here is one optimizer (and scheduler) step whatever the split. Checkpoints go to ``ckpt_dir`` as tag
+    ``step{n}`` after every ``ckpt_every``-th completed step; ``latest`` points at the newest.
+
+    ``ema`` (built on ``engine.module``) is updated after every optimizer step, on every rank (a collective
+    under ZeRO-3), and rank 0 writes it to ``<ckpt_dir>/step{n}/ema.safetensors`` *before* the DeepSpeed
+    checkpoint, so a checkpoint that ``latest`` names always has its EMA. ``on_step`` runs after the update.
     """
-    precond = VPredictionPreconditioning()
-    sigma_dist = sigma_dist or LogNormalSigma()
+    objective = objective or ImageObjective(LogNormalSigma())
     seed = engine.svd_seed if seed is None else seed
     accum = engine.gradient_accumulation_steps()
+    micro = engine.train_micro_batch_size_per_gpu()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     # Inputs must match the parameters' dtype: DeepSpeed casts the module to bf16 when bf16 is enabled.
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-
-    def F(x: Tensor, c_noise: Tensor, **cond) -> Tensor:
-        return engine(x, c_noise, **cond).sample
+    dev = engine.device
 
     losses: list[float] = []
     for step in range(start_step, start_step + steps):
+        t0 = time.perf_counter()
         batch = batches_fn(step)
-        x0_all = batch["latents"]
-        if x0_all.shape[0] % accum:
-            raise ValueError(f"batch of {x0_all.shape[0]} does not split into {accum} micro-batches")
+        n = next(iter(batch.values())).shape[0]
+        if n != micro * accum * world:
+            raise ValueError(f"global batch of {n} is not micro {micro} x accum {accum} x world {world}")
         # Noise generator per step, independent of global RNG, so a resumed process draws the same noise.
-        g = torch.Generator().manual_seed(seed + step)
-        sigma_all = sigma_dist.sample(x0_all.shape[0], generator=g)
-        noise_all = torch.randn(x0_all.shape, generator=g)
-        step_loss = 0.0
-        for x0, ctx, sigma, n in zip(
-            x0_all.chunk(accum), batch["context"].chunk(accum), sigma_all.chunk(accum), noise_all.chunk(accum)
-        ):
-            dev = engine.device
-            x0, ctx, sigma, n = (t.to(dev) for t in (x0, ctx, sigma, n))
-            x = (x0 + n * sigma.view(-1, 1, 1, 1)).to(dtype)
-            D = precond.denoise(F, x, sigma.to(dtype), encoder_hidden_states=ctx.to(dtype))
-            loss = edm_loss(D.float(), x0, sigma, precond.sigma_data).mean()
-            engine.backward(loss)
+        batch.update(objective.draw(batch, torch.Generator().manual_seed(seed + step)))
+        mine = _slice(batch, rank * micro * accum, (rank + 1) * micro * accum)
+        per_sample = []
+        for i in range(accum):
+            mb = {k: v.to(dev) for k, v in _slice(mine, i * micro, (i + 1) * micro).items()}
+            loss_i = objective.loss(engine, mb, dtype)
+            engine.backward(loss_i.mean())
             engine.step()
-            step_loss += loss.item() / accum
-        losses.append(step_loss)
+            per_sample.append(loss_i.detach().float())
+        # Every rank's per-sample losses, in global batch order, for the step mean and per-sigma-bin metrics.
+        # Gathered on the engine's device: NCCL only moves GPU tensors.
+        mine_losses = torch.cat(per_sample)
+        gathered = [torch.empty_like(mine_losses) for _ in range(world)]
+        torch.distributed.all_gather(gathered, mine_losses)
+        sample_losses = torch.cat(gathered).cpu()
+        losses.append(float(sample_losses.mean()))
+        if ema is not None:
+            ema.update(engine.module)
         done = step + 1
         if ckpt_dir is not None and ckpt_every > 0 and done % ckpt_every == 0:
+            if ema is not None and rank == 0:
+                ema.save(Path(ckpt_dir) / f"step{done}" / EMA_FILE)
             engine.save_checkpoint(
                 str(ckpt_dir), tag=f"step{done}", client_state={"step": done, "rng": _rng_state()}
             )
+        if on_step is not None:
+            on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
     return losses
 
 
-def resume(engine, ckpt_dir: str | Path, tag: str | None = None) -> int:
+def resume(engine, ckpt_dir: str | Path, tag: str | None = None, *, ema: EMA | None = None) -> int:
     """Load the ``latest`` (or given ``tag``) checkpoint into ``engine``; return the step to continue from.
 
-    Returns 0 when ``ckpt_dir`` holds no checkpoint, so callers can resume unconditionally.
+    Returns 0 when ``ckpt_dir`` holds no checkpoint, so callers can resume unconditionally. With ``ema``, its
+    shadows and update count are reloaded from the checkpoint's ``ema.safetensors`` on every rank; a missing
+    file is an error rather than a silent restart of the average.
     """
-    if tag is None and not (Path(ckpt_dir) / "latest").is_file():
-        return 0
+    latest = Path(ckpt_dir) / "latest"
+    if tag is None:
+        if not latest.is_file():
+            return 0
+        tag = latest.read_text().strip()
+    ema_path = Path(ckpt_dir) / tag / EMA_FILE
+    if ema is not None and not ema_path.is_file():
+        raise FileNotFoundError(f"checkpoint {tag} in {ckpt_dir} has no EMA weights ({ema_path})")
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load a checkpoint from {ckpt_dir} (tag={tag})")
+    if ema is not None:
+        ema.load(ema_path)
     if "rng" in client_state:
         _set_rng_state(client_state["rng"])
     return int(client_state["step"])
 
 
 def _main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train the tiny image UNet on synthetic latents (test/demo run).")
+    p = argparse.ArgumentParser(description="Train a tiny UNet on synthetic latents (test/demo run).")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1: image UNet, 2: video UNet")
     p.add_argument("--config", default=str(CONFIG_DIR / "zero2.json"))
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--ckpt-dir", required=True)
@@ -245,21 +282,46 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--out", required=True, help="JSON file for {start_step, losses}")
+    p.add_argument(
+        "--ema-decay", type=float, default=None, help="keep an EMA of the weights (saved per ckpt)"
+    )
+    p.add_argument("--ema-warmup", action="store_true", help="sgm-style EMA decay warm-up")
+    p.add_argument("--out", required=True, help="JSON file for {start_step, world_size, losses} (rank 0)")
     a = p.parse_args(argv)
 
-    from training.models import build_image_unet
+    from training.models import build_image_unet, build_video_unet
+    from training.synthetic import synthetic_image_batches, synthetic_video_batches
 
-    # The model is seeded before construction so the uninterrupted and resumed runs start from the same
-    # weights (a resumed run overwrites them from the checkpoint anyway).
+    if a.stage == 1:
+        build, objective, make_batches = (
+            build_image_unet,
+            ImageObjective(LogNormalSigma()),
+            synthetic_image_batches,
+        )
+    else:
+        build, objective, make_batches = (
+            build_video_unet,
+            VideoObjective(LogNormalSigma()),
+            synthetic_video_batches,
+        )
+    # The model is seeded before construction so every run (uninterrupted, resumed, any world size) starts
+    # from the same weights; a resumed run overwrites them from the checkpoint anyway.
     seed_everything(a.seed)
-    model = build_image_unet("tiny")
+    model = build("tiny")
+    # Conditioning width follows the built UNet, so the CLI keeps working if the tiny spec changes.
+    width = model.config.cross_attention_dim
+    batch_kw = {"context_dim": width} if a.stage == 1 else {"embed_dim": width}
     cfg = load_ds_config(a.config, a.micro_batch, a.grad_accum, a.bf16, warmup_steps=a.warmup_steps)
     engine = make_engine(model, cfg, a.lr, a.seed)
-    start = resume(engine, a.ckpt_dir) if a.resume else 0
-    batches = synthetic_batches(a.micro_batch * a.grad_accum, a.seed)
-    losses = train_steps(engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every)
-    Path(a.out).write_text(json.dumps({"start_step": start, "losses": losses}))
+    ema = EMA(engine.module, a.ema_decay, warmup=a.ema_warmup) if a.ema_decay is not None else None
+    start = resume(engine, a.ckpt_dir, ema=ema) if a.resume else 0
+    world = torch.distributed.get_world_size()
+    batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
+    losses = train_steps(
+        engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every, objective=objective, seed=a.seed, ema=ema
+    )
+    if torch.distributed.get_rank() == 0:
+        Path(a.out).write_text(json.dumps({"start_step": start, "world_size": world, "losses": losses}))
     torch.distributed.destroy_process_group()
 
 

@@ -46,7 +46,7 @@ SPECS: dict[str, UNetSpec] = {
         attn_levels=(True, False),
         heads=(2, 4),
         layers_per_block=1,
-        cross_attention_dim=32,
+        cross_attention_dim=64,  # the width of the tiny open_clip text tower (curation.clip_models)
         addition_time_embed_dim=8,
     ),
 }

@@ -1,7 +1,8 @@
-"""DeepSpeed engine: exact resume and ZeRO-3 start-up, on CPU with the tiny image UNet.
+"""DeepSpeed engine: exact resume (model, optimizer, scheduler and EMA) and ZeRO-3 start-up, on CPU.
 
 Each scenario runs in its own ``python -m training.engine`` process: torch.distributed and DeepSpeed keep
 process-global state, and a resume is only meaningful from a fresh process (new model, new engine, new RNG).
+Both the Stage I (tiny image UNet) and Stage II (tiny video UNet) objectives are covered.
 The first DeepSpeed start on a machine JIT-builds its shared-memory comm op (~1 min, then cached).
 """
 
@@ -15,11 +16,31 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "infra" / "deepspeed"
 # Small warm-up and accumulation > 1 so scheduler state and micro-batch splitting both affect the losses.
 COMMON = ["--seed", "3", "--lr", "1e-3", "--micro-batch", "2", "--grad-accum", "2", "--warmup-steps", "2"]
+# Warm-up on, so the restored update count matters: decays 2/11, 3/12, then 0.3 from the third update.
+EMA_DECAY = 0.3
+EMA_ARGS = ["--ema-decay", str(EMA_DECAY), "--ema-warmup"]
+
+
+def ema_decay(n: int) -> float:
+    return min(EMA_DECAY, (1 + n) / (10 + n))
+
+
+def ema_at(ckpt: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / f"step{step}" / "ema.safetensors"))
+
+
+def weights_at(ckpt: Path, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(
+        ckpt / f"step{step}" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    return state["module"]
 
 
 def run_engine(tmp_path: Path, name: str, *args: str) -> dict:
@@ -60,15 +81,18 @@ def test_configs_load_and_adjust():
         load_ds_config(CONFIGS / "zero2.json", micro_batch=0, grad_accum=1, bf16=False)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_resume_matches_uninterrupted_run(tmp_path, stage):
+    run = ["--stage", stage, *EMA_ARGS]
+    full_ckpt = tmp_path / "full"
     full = run_engine(
-        tmp_path, "full", "--steps", "6", "--ckpt-every", "3", "--ckpt-dir", str(tmp_path / "full")
+        tmp_path, "full", *run, "--steps", "6", "--ckpt-every", "1", "--ckpt-dir", str(full_ckpt)
     )
     ckpt = tmp_path / "split"
-    first = run_engine(tmp_path, "first", "--steps", "3", "--ckpt-every", "3", "--ckpt-dir", str(ckpt))
+    first = run_engine(tmp_path, "first", *run, "--steps", "3", "--ckpt-every", "3", "--ckpt-dir", str(ckpt))
     assert (ckpt / "latest").read_text().strip() == "step3"
     second = run_engine(
-        tmp_path, "second", "--steps", "3", "--ckpt-every", "3", "--ckpt-dir", str(ckpt), "--resume"
+        tmp_path, "second", *run, "--steps", "3", "--ckpt-every", "3", "--ckpt-dir", str(ckpt), "--resume"
     )
 
     assert second["start_step"] == 3
@@ -81,6 +105,21 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     # The losses must actually move, or equality would say nothing about restored optimizer state.
     assert len(set(full["losses"])) == 6
 
+    # EMA: bit-identical after 6 uninterrupted steps and after 3 + resumed 3.
+    ema_full, ema_split = ema_at(full_ckpt, 6), ema_at(ckpt, 6)
+    assert set(ema_full) == set(ema_split)
+    for name, t in ema_full.items():
+        assert t.dtype == torch.float32
+        assert torch.equal(t, ema_split[name]), name
+    # ... and it is the EMA of the weights after each optimizer step (checked on the per-step checkpoints).
+    for n in range(4, 7):
+        theta, prev, cur = weights_at(full_ckpt, n), ema_at(full_ckpt, n - 1), ema_at(full_ckpt, n)
+        d = ema_decay(n)
+        for name, t in cur.items():
+            torch.testing.assert_close(t, d * prev[name] + (1 - d) * theta[name], rtol=1e-5, atol=1e-6)
+    theta = weights_at(full_ckpt, 6)
+    assert any(not torch.equal(t, theta[name]) for name, t in ema_full.items())
+
 
 def test_zero3_initialises_and_steps(tmp_path):
     res = run_engine(
@@ -89,7 +128,9 @@ def test_zero3_initialises_and_steps(tmp_path):
         "--config", str(CONFIGS / "zero3.json"),
         "--steps", "1",
         "--ckpt-every", "1",
+        *EMA_ARGS,
         "--ckpt-dir", str(tmp_path / "z3"),
     )  # fmt: skip
     assert len(res["losses"]) == 1 and math.isfinite(res["losses"][0])
     assert (tmp_path / "z3" / "latest").read_text().strip() == "step1"
+    assert (tmp_path / "z3" / "step1" / "ema.safetensors").is_file()

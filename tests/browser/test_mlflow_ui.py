@@ -1,0 +1,94 @@
+"""The MLflow UI in a real browser: the comparison of the curation-variant runs and the experiment's runs table.
+
+The store is a real one (SQLite file and local artifacts) with one stage-2 run per variant, tagged as the
+pipeline tags its runs (``curation_variant``, ``stage``, ``dataset_version``). URLs are those of MLflow 3.x's
+hash router: ``#/compare-runs?runs=[...]&experiments=[...]`` and ``#/experiments/<id>/runs``.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _page_text(page, limit: int = 2000) -> str:
+    text = " | ".join(line for line in page.inner_text("body").splitlines() if line.strip())
+    return text[:limit]
+
+
+def _row(page, label: str):
+    """The comparison table's row for a param, metric or tag: its label cell, then one cell per run."""
+    return page.locator("tr").filter(has=page.get_by_text(label, exact=True))
+
+
+def _metric_grid(page, columns: int) -> dict[str, list[str]]:
+    """The Metrics section of the comparison: metric name -> last value per run column. MLflow draws it as
+    two aligned virtualized grids, the names (links to the metric plot) and the values, one cell per
+    (metric, run) in row order."""
+    switch = page.get_by_role("switch", name="Metrics - Show diff only")
+    section = switch.locator("xpath=ancestor::div[.//div[@role='grid']][1]")
+    grids = section.locator("[role='grid']")
+    if grids.count() < 2:
+        return {"(layout)": [f"{grids.count()} grids in the Metrics section"]}
+    names = [t.strip() for t in grids.nth(0).locator("[role='rowgroup'] > div").all_inner_texts()]
+    cells = [t.strip() for t in grids.nth(1).locator("[role='rowgroup'] > div").all_inner_texts()]
+    if len(cells) != len(names) * columns:
+        return {"(layout)": [f"{len(names)} metric names, {len(cells)} value cells for {columns} runs"]}
+    return {name: cells[i * columns:(i + 1) * columns] for i, name in enumerate(names)}
+
+
+def test_compare_runs_shows_both_variants_and_the_metric(mlflow_ui, page, shots):
+    run_ids = [mlflow_ui.runs[v] for v in ("uncurated", "svd")]
+    url = (f"{mlflow_ui.url}/#/compare-runs?runs={quote(json.dumps(run_ids))}"
+           f"&experiments={quote(json.dumps([mlflow_ui.experiment_id]))}")
+    page.goto(url, wait_until="domcontentloaded")
+    try:
+        page.get_by_text("Comparing 2 Runs", exact=False).first.wait_for(timeout=45_000)
+        _row(page, "curation_variant").first.wait_for(timeout=30_000)
+        page.get_by_role("link", name="val_loss", exact=True).first.wait_for(timeout=30_000)
+    except Exception as e:  # noqa: BLE001 - report what the page shows instead
+        shot = shots.take(page, "mlflow_compare_runs_FAILED", full_page=True)
+        pytest.fail(f"run comparison at {url} did not render ({e.__class__.__name__}); screenshot {shot}; "
+                    f"page text: {_page_text(page)}", pytrace=False)
+    page.wait_for_timeout(500)  # the parallel-coordinates plot draws after the tables
+    shot = shots.take(page, "mlflow_compare_runs", full_page=True)
+    where = f"at {url}; screenshot {shot}"
+
+    header = page.locator("tr").filter(has_text="Run ID:").first.inner_text()
+    for rid in run_ids:
+        assert rid in header, f"run {rid} is not a column of the comparison {where}: {header!r}"
+
+    variant_row = " ".join(_row(page, "curation_variant").first.inner_text().split())
+    assert "uncurated" in variant_row.split() and "svd" in variant_row.split(), (
+        f"curation_variant row does not show both variants {where}: {variant_row!r}")
+    for tag, value in (("stage", "2"),):
+        row = " ".join(_row(page, tag).first.inner_text().split())
+        assert row.split().count(value) == 2, f"tag {tag} is not {value} for both runs {where}: {row!r}"
+
+    metrics = _metric_grid(page, len(run_ids))
+    expected = [f"{mlflow_ui.final_val_loss[v]:g}" for v in ("uncurated", "svd")]
+    assert metrics.get("val_loss") == expected, (
+        f"val_loss should read {expected} (uncurated, svd) in the Metrics table {where}; it shows {metrics}")
+    assert page.get_by_text("train.lr", exact=True).count(), f"param train.lr not shown {where}"
+
+
+def test_runs_table_lists_both_variant_runs(mlflow_ui, page, shots):
+    url = f"{mlflow_ui.url}/#/experiments/{mlflow_ui.experiment_id}/runs"
+    names = [f"train stage2 {v}" for v in ("uncurated", "svd")]
+    page.goto(url, wait_until="domcontentloaded")
+    try:
+        for name in names:
+            page.get_by_text(name, exact=True).first.wait_for(timeout=45_000)
+    except Exception as e:  # noqa: BLE001
+        shot = shots.take(page, "mlflow_runs_table_FAILED")
+        pytest.fail(f"runs table at {url} does not list both runs ({e.__class__.__name__}); screenshot {shot}; "
+                    f"page text: {_page_text(page)}", pytrace=False)
+    shot = shots.take(page, "mlflow_runs_table")
+    where = f"at {url}; screenshot {shot}"
+    assert page.get_by_text(mlflow_ui.experiment, exact=True).count(), f"experiment name not shown {where}"
+    assert page.get_by_text("2 matching runs").count(), (
+        f"runs table does not say 2 matching runs {where}: {_page_text(page)}")
