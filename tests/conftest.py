@@ -121,3 +121,23 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path) -> Cli:
     return Cli(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def curated_root(tmp_path_factory, corpus) -> Path:
+    """A data root with the `corpus` ingested and curated into every variant (read-only: copy before writing)."""
+    base = tmp_path_factory.mktemp("curated")
+    run = Cli(base)
+    run("ingest", str(corpus[0]), "--data-root", str(base / "data"))
+    run("curate", "--data-root", str(base / "data"))
+    return base / "data"
+
+
+@pytest.fixture
+def curated_copy(curated_root, tmp_path) -> Path:
+    """A private, writable copy of ``curated_root``."""
+    import shutil
+
+    dest = tmp_path / "data"
+    shutil.copytree(curated_root, dest)
+    return dest
