@@ -11,6 +11,7 @@ from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated
 from orchestration.partitions import ingest_batches, variants
 from orchestration.resources import MlflowResource, SvdpipeResource
+from svdpipe.dvc_hash import dir_hash
 
 _EAGER = dg.AutomationCondition.eager()
 
@@ -71,10 +72,11 @@ def curated_dataset(
 ) -> dg.MaterializeResult:
     variant = context.partition_key
     built = curated.build(svdpipe.storage, variant, svdpipe.config, progress=True)
+    dvc = dir_hash(svdpipe.storage, curated.prefix(variant))
     sel = built.selection
     summary = sel.summary()
     with mlflow.start_run(context, f"curate {variant}", stage="curate", curation_variant=variant,
-                          dataset_version=sel.fingerprint()) as run:
+                          dataset_version=sel.fingerprint(), dvc_hash=dvc) as run:
         import mlflow as mlflow_lib
 
         mlflow_lib.log_metrics({"clips_total": sel.total, "clips_usable": sel.pool, "clips_kept": len(sel.kept),
@@ -89,6 +91,7 @@ def curated_dataset(
         "kept_by_filter": dg.MetadataValue.json(sel.kept_by_filter),
         "thresholds": dg.MetadataValue.json(sel.thresholds),
         "dataset_version": sel.fingerprint(),
+        "dvc_hash": dvc,
         "shards": dg.MetadataValue.json(built.shards),
         "shards_rebuilt": built.rebuilt_shards,
         "histograms": dg.MetadataValue.md(f"![score histograms](data:image/png;base64,{png64})"),

@@ -41,6 +41,15 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
         raise dg.Failure(f"no Stage III model for {variant!r}: materialize finetuned_model[{variant}] first")
     result = evaluate(root, variant, cfg, stage=3, progress=True)
     run_id = log_evaluation(result, cfg, variant, info["dataset_version"], info.get("run_id"))
+    from svdpipe.dvc_hash import dvc_hashes
+
+    # The DVC hashes of what was evaluated: the model folder and the held-out latents.
+    dvc = dvc_hashes(root, {"model": model_store.model_key(variant, 3), "latents": f"latents/{variant}"})
+    import mlflow as mlflow_lib
+
+    client = mlflow_lib.MlflowClient()
+    for name, value in dvc.items():
+        client.set_tag(run_id, f"dvc.{name}", value)
     decision = None
     if info.get("model_uri"):
         decision = register_if_not_worse(cfg, info["model_uri"], f"svdpipe-{variant}", result.metrics)
@@ -49,6 +58,7 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
         "mlflow_run_id": run_id,
         "model_run_id": info.get("run_id"),
         "dataset_version": info["dataset_version"],
+        "dvc_hashes": dg.MetadataValue.json(dvc),
         "held_out": result.held_out,
         "videos": result.n_videos,
         "notes": dg.MetadataValue.json(result.notes),

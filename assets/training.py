@@ -27,9 +27,14 @@ TRAIN_TAGS = {"svdpipe/stage": "train"}
 def clip_latents(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     from training.latents import build_latents
 
-    built = build_latents(svdpipe.storage, context.partition_key, svdpipe.config, progress=True)
+    from svdpipe.dvc_hash import dvc_hashes
+
+    v = context.partition_key
+    built = build_latents(svdpipe.storage, v, svdpipe.config, progress=True)
     first = next(iter(built.values()))
+    hashes = dvc_hashes(svdpipe.storage, {"curated": f"curated/{v}", "latents": f"latents/{v}"})
     return dg.MaterializeResult(metadata={
+        "dvc_hashes": dg.MetadataValue.json(hashes),
         "dataset_version": first["fingerprint"]["dataset_version"],
         "resolutions": dg.MetadataValue.json(sorted(built)),
         "clips": first["clips"],

@@ -229,7 +229,8 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
             meta = result.get_asset_materialization_events()[-1].materialization.metadata
             info = model_store.read_info(storage, model_store.model_key(variant, s)) or {}
             note = " (up to date, not retrained)" if meta.get("skipped") and meta["skipped"].value else ""
-            click.echo(f"  {variant:>12} stage {s}: final loss {info.get('final_loss', float('nan')):.4f} after "
+            loss = info.get("final_loss")
+            click.echo(f"  {variant:>12} stage {s}: final loss {'-' if loss is None else f'{loss:.4f}'} after "
                        f"{info.get('steps')} steps, MLflow run {info.get('run_id')}, model "
                        f"{storage.uri(model_store.model_key(variant, s))}{note}")
 
@@ -239,9 +240,11 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
               help="Variant(s) whose Stage III model to evaluate (repeatable). Default: every configured variant.")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="Then compare the newest evaluation of every variant (table, plot, MLflow run).")
+@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Also write each variant's metrics to this JSON file ({variant: {metric: value}}; for DVC).")
 @common_options
 @click.pass_context
-def evaluate(ctx, variants, compare, data_root, profile, overrides, params_file):
+def evaluate(ctx, variants, compare, metrics_out, data_root, profile, overrides, params_file):
     """Evaluate Stage III models on held-out clips, apply the registration rule, and compare the variants."""
     from assets.evaluation import evaluation, variant_comparison
 
@@ -249,13 +252,18 @@ def evaluate(ctx, variants, compare, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
     resources = _resources(ctx)
     instance = _instance()
+    collected = {}
     for variant in _variants(cfg, variants):
         result = _materialize([evaluation], resources, instance, partition_key=variant)
         meta = result.get_asset_materialization_events()[-1].materialization.metadata
+        collected[variant] = dict(meta["metrics"].value)
         shown = {k: meta[k].value for k in ("val_loss", "motion_fidelity", "temporal_consistency") if k in meta}
         click.echo(f"  {variant:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) +
                    (f"; registered: {meta['registered'].value} ({meta['registration_rule'].value})"
                     if "registered" in meta else ""))
+    if metrics_out:
+        Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_out).write_text(json.dumps(collected, indent=1, sort_keys=True) + "\n")
     if compare:
         result = _materialize([variant_comparison], resources, instance)
         meta = result.get_asset_materialization_events()[-1].materialization.metadata

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole chain on the embedded default (local folder, SQLite Dagster and MLflow, tiny profile, CPU).
-# Grows as the chain grows: today sample corpus -> ingestion -> curation (scores, GX checks, variants, shards).
+# sample corpus -> ingestion -> curation (scores, GX checks, variants, shards) -> latents -> Stages I-III per variant
+# -> evaluation -> variant comparison. About 12 minutes on 2 CPU cores; every step shows its progress.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${DEMO_DIR:-demo-data}
@@ -18,10 +19,18 @@ echo "== 3. the same inputs again: nothing new is added"
 echo "== 4. curation: cuts, motion, CRAFT text, CLIP aesthetics + text match, captions -> GX checks -> variants"
 "$BIN/svdpipe" curate --data-root "$ROOT"
 
+echo "== 5. training: clip latents, then Stage I (image) -> II (inflated video) -> III (finetune), per variant"
+"$BIN/svdpipe" train --data-root "$ROOT"
+
+echo "== 6. evaluation per variant (held-out loss, Frechet distance, motion fidelity, temporal consistency),"
+echo "      the registration rule, and the variant comparison"
+"$BIN/svdpipe" evaluate --data-root "$ROOT"
+
 cat <<TXT
 
-Done. Data root: $ROOT
+Done in ${SECONDS}s. Data root: $ROOT
   metadata/videos.parquet, metadata/clips.parquet, curated/{uncurated,svd}/ (selection, histograms.png, shards)
+  latents/<variant>/, models/<variant>/stage{1,2,3} (stage3: a StableVideoDiffusionPipeline folder)
   Dagster UI:  make ui            -> http://127.0.0.1:3000  (runs and materializations recorded in ${DAGSTER_HOME:-.dagster})
-  MLflow UI:   $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/.mlflow/mlflow.db --host 127.0.0.1 --port 5000
+  MLflow UI:   $BIN/mlflow ui --workers 1 --backend-store-uri sqlite:///$PWD/.mlflow/mlflow.db --host 127.0.0.1 --port 5000
 TXT

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from svdpipe.storage import LocalStorage, Storage
 
-__all__ = ["dir_hash", "file_hash", "dvc_hashes"]
+__all__ = ["dir_hash", "dvc_hashes", "file_hash"]
 
 _ALGO = "md5"  # DVC 3 outputs: md5 of the content (DVC 2's "md5-dos2unix" only for legacy .dvc files)
 

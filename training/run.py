@@ -148,10 +148,18 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
 
         report = None
         if rank == 0:
+            from svdpipe.dvc_hash import dvc_hashes
+
+            # The DVC hash of every dataset this stage reads, as dvc.lock would record it.
+            used = {f"curated/{variant}": f"curated/{variant}", f"latents/{variant}": f"latents/{variant}"}
+            if stage > 1:
+                used[model_store.model_key(variant, stage - 1)] = model_store.model_key(variant, stage - 1)
+            dvc = dvc_hashes(root, used)
             extras = dict(pipes.extras) if pipes is not None else {}
             report = stack.enter_context(StageReport(
                 cfg, variant, stage, dataset_version, ckpt_dir, sc.steps, start, pipes=pipes,
-                tags={k: str(v) for k, v in extras.get("mlflow_tags", {}).items()}, progress=progress,
+                tags={**{k: str(v) for k, v in extras.get("mlflow_tags", {}).items()},
+                      **{f"dvc.{k}": h for k, h in dvc.items()}}, progress=progress,
             ))
             report.log_text("train_clips", json.dumps(data.index["clip_ids"]))
         t0 = time.perf_counter()
@@ -171,7 +179,7 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
             "variant": variant, "stage": stage, "fingerprint": fingerprint, "dataset_version": dataset_version,
             "steps": sc.steps, "resumed_from": start, "final_loss": losses[-1] if losses else None,
             "parent_run_id": parent and parent.get("run_id"), "train_clips": len(data),
-            "seconds": elapsed, "world_size": world,
+            "seconds": elapsed, "world_size": world, "dvc_hashes": dvc if rank == 0 else {},
         }
         _export(engine, ema, cfg, root, variant, stage, key, info, report, data)
     torch.distributed.barrier()

@@ -34,6 +34,8 @@ def materialization_metadata(info: dict, skipped: bool, extra: dict | None = Non
     """What a stage reports to Dagster (through Pipes): the MLflow run, data version and losses."""
     keys = ("run_id", "dataset_version", "steps", "resumed_from", "final_loss", "train_clips", "world_size", "seconds")
     meta = {("mlflow_run_id" if k == "run_id" else k): info[k] for k in keys if info.get(k) is not None}
+    if info.get("dvc_hashes"):
+        meta["dvc_hashes"] = {"type": "json", "raw_value": info["dvc_hashes"]}
     return {**meta, **(extra or {}), "skipped": skipped}
 
 
