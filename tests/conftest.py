@@ -141,3 +141,27 @@ def curated_copy(curated_root, tmp_path) -> Path:
     dest = tmp_path / "data"
     shutil.copytree(curated_root, dest)
     return dest
+
+
+TRAIN_STEPS = 16
+TRAIN_SETTINGS = [f"training.stages.{s}.steps={TRAIN_STEPS}" for s in (1, 2, 3)] + [
+    "evaluation.max_videos=3", "evaluation.sample_steps=3", "training.sample_steps=2"]
+
+
+def train_args() -> list[str]:
+    return [a for s in TRAIN_SETTINGS for a in ("--set", s)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, curated_root):
+    """Both variants trained through all three stages with `svdpipe train`, then `svdpipe evaluate` (compared and
+    registered): (cli, data root, train stdout, evaluate stdout). Read-only for the tests that share it."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("trained")
+    root = base / "data"
+    shutil.copytree(curated_root, root)
+    cli = Cli(base)
+    train = cli("train", "--data-root", str(root), *train_args())
+    evaluate = cli("evaluate", "--data-root", str(root), *train_args())
+    return cli, root, train, evaluate

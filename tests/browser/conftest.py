@@ -163,9 +163,13 @@ def screenshot_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Debian Chromium (no sandbox: the tests may run as root), one per session."""
+    """Headless Debian Chromium (no sandbox: the tests may run as root), one per module.
+
+    Not per session: Playwright's sync API keeps an asyncio loop running on the main thread while it is started,
+    and later tests that call asyncio.run (Dagster's automation evaluator does) would fail beside it.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -268,47 +272,31 @@ def dagster_ui(tmp_path_factory) -> Iterator[DagsterUI]:
 
 
 class MlflowUI:
-    def __init__(self, server: Server, url: str, experiment_id: str, runs: dict[str, str], experiment: str):
+    def __init__(self, server: Server, url: str, experiment_id: str, runs: dict, experiment: str):
         self.server, self.url, self.experiment_id = server, url, experiment_id
-        self.runs = runs  # curation_variant -> run id
+        self.runs = runs  # curation_variant -> the pipeline's evaluation run (mlflow.entities.Run)
         self.experiment = experiment
-        self.final_val_loss = {v: losses[-1] for v, (losses, _) in VARIANT_RUNS.items()}
 
 
 EXPERIMENT = "svdpipe"  # SvdpipeConfig.mlflow.experiment's default
-VARIANT_RUNS = {  # curation_variant -> (val_loss per step, learning rate); the svd variant ends lower
-    "uncurated": ([1.10, 0.97, 0.91], "1e-4"),
-    "svd": ([1.05, 0.86, 0.73], "1e-4"),
-}
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(tmp_path_factory) -> Iterator[MlflowUI]:
-    """A real MLflow store (SQLite file, local artifacts) with one stage-2 run per curation variant, and
-    ``mlflow server`` over it on a free loopback port."""
-    import hashlib
-
+def mlflow_ui(trained, tmp_path_factory) -> Iterator[MlflowUI]:
+    """``mlflow server`` on a free loopback port over the store that `svdpipe train` and `svdpipe evaluate`
+    wrote (the shared ``trained`` fixture): the variants' evaluation runs are the pipeline's own."""
     from mlflow import MlflowClient
 
+    cli = trained[0]
     tmp = tmp_path_factory.mktemp("mlflow_ui")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
-    artifacts = (tmp / "artifacts").as_uri()
+    store = cli.env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=store)
-    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    dataset_version = hashlib.sha256(b"curated sample").hexdigest()[:16]
-    runs: dict[str, str] = {}
-    for variant, (losses, lr) in VARIANT_RUNS.items():
-        run = client.create_run(experiment_id, run_name=f"train stage2 {variant}",
-                                tags={"curation_variant": variant, "stage": "2", "dataset_version": dataset_version,
-                                      "profile": "tiny"})
-        rid = run.info.run_id
-        client.log_param(rid, "train.lr", lr)
-        client.log_param(rid, "train.steps", str(len(losses)))
-        for step, loss in enumerate(losses):
-            client.log_metric(rid, "val_loss", loss, step=step)
-            client.log_metric(rid, "train_loss", loss + 0.05, step=step)
-        client.set_terminated(rid)
-        runs[variant] = rid
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = {}
+    for variant in ("uncurated", "svd"):
+        (run,) = client.search_runs(experiment_id, f"tags.stage = 'eval' and tags.curation_variant = '{variant}'")
+        runs[variant] = run
+    artifacts = (tmp / "artifacts").as_uri()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

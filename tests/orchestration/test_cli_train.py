@@ -8,35 +8,12 @@ import json
 
 import mlflow
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from svdpipe.storage import open_storage
 
-STEPS = 16
-SETTINGS = [f"training.stages.{s}.steps={STEPS}" for s in (1, 2, 3)] + [
-    "evaluation.max_videos=3", "evaluation.sample_steps=3", "training.sample_steps=2"]
-
-
-def _args():
-    return [a for s in SETTINGS for a in ("--set", s)]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, curated_root):
-    """Both variants trained through all three stages, then evaluated and compared (shared by the tests)."""
-    import shutil
-
-    from tests.conftest import Cli
-
-    base = tmp_path_factory.mktemp("trained")
-    root = base / "data"
-    shutil.copytree(curated_root, root)
-    cli = Cli(base)
-    train = cli("train", "--data-root", str(root), *_args())
-    evaluate = cli("evaluate", "--data-root", str(root), *_args())
-    return cli, root, train, evaluate
+from tests.conftest import TRAIN_STEPS as STEPS, train_args
 
 
 def _client(cli):
@@ -82,7 +59,7 @@ def test_stage3_folder_generates_frames_in_stable_video_diffusion_pipeline(train
 
 def test_rerun_is_up_to_date(trained):
     cli, root, _, _ = trained
-    out = cli("train", "--data-root", str(root), "--variant", "svd", *_args()).stdout
+    out = cli("train", "--data-root", str(root), "--variant", "svd", *train_args()).stdout
     assert out.count("(up to date, not retrained)") == 3
 
 
