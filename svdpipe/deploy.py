@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from svdpipe.s3server import stop_process_group
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 DAGSTER_POSTGRES_YAML = INFRA / "dagster.postgres.yaml"
@@ -176,13 +177,7 @@ class MlflowServer:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_process_group(self.process, grace_s=15)
 
 
 def s3_server_env(endpoint: str | None = None) -> dict[str, str]:

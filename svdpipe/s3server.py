@@ -23,6 +23,16 @@ ACCESS_KEY = "svdpipe"
 SECRET_KEY = "svdpipe-secret"
 
 
+def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` and its children; SIGKILL after ``grace_s``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
 def weed_binary() -> str:
     for candidate in (Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"):
         if candidate.exists():
@@ -91,13 +101,7 @@ class S3Server:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_process_group(self.process, grace_s=5)
 
 
 def start(workdir: str | Path, timeout_s: float = 60.0) -> S3Server:
