@@ -15,8 +15,11 @@ from orchestration.partitions import variants
 from orchestration.resources import SvdpipeResource
 
 
-def _md_image(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+def _md_image(data: bytes, alt: str, mime: str = "image/png") -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:{mime};base64,{base64.b64encode(data).decode()})")
+
+
+MAX_INLINE_GIF = 2 * 2**20  # larger samples stay in MLflow only; Dagster's event log is not a video store
 
 
 def _finite(v: float) -> float | None:
@@ -67,6 +70,9 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
     for key in ("val_loss", "motion_fidelity", "temporal_consistency"):
         if _finite(result.metrics.get(key)) is not None:
             metadata[key] = float(result.metrics[key])
+    gifs = [p for p in result.video_paths if p.suffix == ".gif" and p.name.startswith("gen_")]
+    if gifs and gifs[0].stat().st_size <= MAX_INLINE_GIF:
+        metadata["sample_video"] = _md_image(gifs[0].read_bytes(), gifs[0].stem, "image/gif")
     if decision is not None:
         metadata.update({
             "registered": decision.registered,

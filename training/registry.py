@@ -156,6 +156,10 @@ def register_if_not_worse(
     newest = max(versions, key=lambda v: int(v.version), default=None)
     current = _number(newest.tags.get(f"metric.{metric}")) if newest else None
     op = "<=" if lower_is_better else ">="
+    if newest is not None and newest.tags.get("candidate_uri") == uri and current == value:
+        # The same model with the same evaluation (a rerun): it already is the newest version.
+        rule = f"{uri} already is version {newest.version} of {name}: not registered again"
+        return Decision(False, None, rule, metric, value, current, str(newest.version))
     if newest is None:
         ok, why = True, "first version of the model"
     elif current is None or math.isnan(current):
@@ -171,7 +175,7 @@ def register_if_not_worse(
     version = None
     if ok:
         tags = {f"metric.{k}": str(float(v)) for k, v in candidate_metrics.items()}
-        tags.update(register_metric=metric, register_value=str(value), rule=rule[:5000],
+        tags.update(register_metric=metric, register_value=str(value), rule=rule[:5000], candidate_uri=uri,
                     lower_is_better=str(lower_is_better).lower(),
                     previous_version=str(newest.version) if newest else "", previous_value=str(current))
         version = str(mlflow.register_model(uri, name, tags=tags).version)

@@ -114,6 +114,10 @@ class StageReport:
                 extra["loss_curve"] = {"type": "md", "raw_value": f"![loss curve](data:image/png;base64,{png64})"}
             for path in self._samples(module, data, Path(tmp)):
                 mlflow.log_artifact(str(path), "samples")
+                if path.suffix in (".gif", ".png") and "sample" not in extra and path.stat().st_size <= 2**21:
+                    mime = "image/gif" if path.suffix == ".gif" else "image/png"
+                    b64 = base64.b64encode(path.read_bytes()).decode()
+                    extra["sample"] = {"type": "md", "raw_value": f"![{path.stem}](data:{mime};base64,{b64})"}
         if self.stage == 3:
             from training.registry import log_pipeline_model
 

@@ -51,6 +51,9 @@ def test_rule_first_better_equal_register_worse_refused(store):
     equal = register_if_not_worse(cfg, run_id, NAME, {"val_loss": 0.8})  # a bare run id works too
     assert equal.registered and equal.version == "3" and equal.current_value == 0.8
 
+    again = register_if_not_worse(cfg, run_id, NAME, {"val_loss": 0.8})  # the same evaluation rerun
+    assert not again.registered and "already is version 3" in again.rule
+
     worse = register_if_not_worse(cfg, uri, NAME, {"val_loss": 0.9})
     assert not worse.registered and worse.version is None
     assert (worse.candidate_value, worse.current_value, worse.current_version) == (0.9, 0.8, "3")
