@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -302,7 +301,10 @@ def ui(port, host):
     home = dagster_home()
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})")
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", "-h", host, "-p", str(port)]
-    raise SystemExit(subprocess.call(cmd))
+    sys.stdout.flush()
+    # Replace this process: Ctrl-C and SIGTERM then reach `dagster dev` itself, which shuts its webserver,
+    # daemon and code server down cleanly (a parent Python would kill it after 0.25 s).
+    os.execv(sys.executable, cmd)
 
 
 if __name__ == "__main__":
