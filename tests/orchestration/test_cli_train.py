@@ -17,7 +17,8 @@ from tests.conftest import TRAIN_STEPS as STEPS, train_args
 
 
 def _client(cli):
-    client = mlflow.MlflowClient(cli.env["MLFLOW_TRACKING_URI"])
+    uri = cli.env["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(uri, registry_uri=uri)  # not the process-wide registry another test set
     return client, client.get_experiment_by_name("svdpipe").experiment_id
 
 
