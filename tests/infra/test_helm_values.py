@@ -9,21 +9,22 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from svdpipe import deploy
+from svdpipe import helm_values
+from svdpipe.deploy import DAGSTER_POSTGRES_YAML
 
 
 @pytest.fixture(scope="module")
 def checked():
-    return deploy.check_helm()
+    return helm_values.check_helm()
 
 
 def test_values_render_a_valid_instance_and_training_jobs(checked):
-    values = deploy.load_helm_values()
+    values = helm_values.load_helm_values()
     (location,) = values.dagster_user_deployments.deployments
     assert location.dagsterApiGrpcArgs == ["--module-name", "orchestration.definitions"]
 
     # The queue the chart renders is the one of infra/dagster.postgres.yaml.
-    local = yaml.safe_load(deploy.DAGSTER_POSTGRES_YAML.read_text())["run_coordinator"]["config"]
+    local = yaml.safe_load(DAGSTER_POSTGRES_YAML.read_text())["run_coordinator"]["config"]
     assert checked["run_coordinator"]["max_concurrent_runs"] == local["max_concurrent_runs"]
     assert checked["run_coordinator"]["tag_concurrency_limits"] == local["tag_concurrency_limits"]
     assert checked["run_tags"]["svdpipe/stage"] == "train"
@@ -50,7 +51,7 @@ def test_values_render_a_valid_instance_and_training_jobs(checked):
 
 
 def test_user_deployment_module_is_the_code_location():
-    module = deploy.load_helm_values().dagster_user_deployments.deployments[0].dagsterApiGrpcArgs[1]
+    module = helm_values.load_helm_values().dagster_user_deployments.deployments[0].dagsterApiGrpcArgs[1]
     defs = importlib.import_module(module).defs
     assert isinstance(defs, dg.Definitions)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -74,7 +75,7 @@ def test_mistakes_are_rejected(tmp_path):
 
     for edit in (misspelt_chart_key, bad_pull_policy):
         with pytest.raises(ValidationError):
-            deploy.check_helm(values_path=_variant(tmp_path, deploy.HELM_VALUES, "values.yaml", edit))
+            helm_values.check_helm(values_path=_variant(tmp_path, helm_values.HELM_VALUES, "values.yaml", edit))
 
     def executor_field_typo(t):
         t["execution"]["config"]["max_concurent"] = 1
@@ -88,4 +89,4 @@ def test_mistakes_are_rejected(tmp_path):
     for edit, message in ((executor_field_typo, "max_concurent"), (k8s_field_typo, "node_selektor"),
                           (bad_tag_config, "container_config")):
         with pytest.raises(Exception, match=message):
-            deploy.check_helm(training_path=_variant(tmp_path, deploy.TRAINING_RUN_K8S, "training.yaml", edit))
+            helm_values.check_helm(training_path=_variant(tmp_path, helm_values.TRAINING_RUN_K8S, "training.yaml", edit))
