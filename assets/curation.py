@@ -1,6 +1,5 @@
 """Curation assets: score each batch's clips once, gather the clips table, select curated datasets by variant."""
 
-import base64
 import io
 import time
 
@@ -12,6 +11,7 @@ from curation import batch_scoring, curated_dataset as curated
 from orchestration.partitions import ingest_batches, variants
 from orchestration.resources import MlflowResource, SvdpipeResource
 from svdpipe.dvc_hash import dir_hash
+from svdpipe.markdown import inline_image
 
 _EAGER = dg.AutomationCondition.eager()
 
@@ -83,7 +83,6 @@ def curated_dataset(
                                 **{f"kept_by.{k}": v for k, v in sel.kept_by_filter.items()}})
         mlflow_lib.log_dict(summary, "selection.json")
         mlflow_lib.log_image(Image.open(io.BytesIO(built.histogram_png)), "histograms.png")
-    png64 = base64.b64encode(built.histogram_png).decode()
     return dg.MaterializeResult(metadata={
         "clips_kept": len(sel.kept),
         "clips_usable": sel.pool,
@@ -94,7 +93,7 @@ def curated_dataset(
         "dvc_hash": dvc,
         "shards": dg.MetadataValue.json(built.shards),
         "shards_rebuilt": built.rebuilt_shards,
-        "histograms": dg.MetadataValue.md(f"![score histograms](data:image/png;base64,{png64})"),
+        "histograms": dg.MetadataValue.md(inline_image(built.histogram_png, "score histograms")),
         "histograms_path": dg.MetadataValue.path(svdpipe.storage.uri(f"{curated.prefix(variant)}/histograms.png")),
         "mlflow_run_id": run.info.run_id,
     })

@@ -5,7 +5,6 @@ is not worse than the registered version's (``evaluation.register_metric``; the 
 materialization metadata and on the model version).
 """
 
-import base64
 import math
 
 import dagster as dg
@@ -13,10 +12,7 @@ import dagster as dg
 from assets.training import finetuned_model
 from orchestration.partitions import variants
 from orchestration.resources import SvdpipeResource
-
-
-def _md_image(data: bytes, alt: str, mime: str = "image/png") -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:{mime};base64,{base64.b64encode(data).decode()})")
+from svdpipe.markdown import inline_image
 
 
 MAX_INLINE_GIF = 2 * 2**20  # larger samples stay in MLflow only; Dagster's event log is not a video store
@@ -72,7 +68,7 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
             metadata[key] = float(result.metrics[key])
     gifs = [p for p in result.video_paths if p.suffix == ".gif" and p.name.startswith("gen_")]
     if gifs and gifs[0].stat().st_size <= MAX_INLINE_GIF:
-        metadata["sample_video"] = _md_image(gifs[0].read_bytes(), gifs[0].stem, "image/gif")
+        metadata["sample_video"] = dg.MetadataValue.md(inline_image(gifs[0].read_bytes(), gifs[0].stem, "image/gif"))
     if decision is not None:
         metadata.update({
             "registered": decision.registered,
@@ -106,5 +102,5 @@ def variant_comparison(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
         "mlflow_run_id": run_id,
     }
     if comparison.png is not None:
-        metadata["plot"] = _md_image(comparison.png.read_bytes(), "variant comparison")
+        metadata["plot"] = dg.MetadataValue.md(inline_image(comparison.png.read_bytes(), "variant comparison"))
     return dg.MaterializeResult(metadata=metadata)

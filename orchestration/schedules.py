@@ -8,10 +8,9 @@ existing Stage II model, and the evaluation that decides whether the new model i
 
 import dagster as dg
 
+from assets.training import TRAIN_TAGS
 from orchestration.partitions import variants
 from svdpipe.config import load_config
-
-TRAIN_TAGS = {"svdpipe/stage": "train"}
 
 train_variant = dg.define_asset_job(
     "train_variant",

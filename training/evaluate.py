@@ -76,12 +76,10 @@ def load_stage_model(root: Storage, variant: str, cfg: SvdpipeConfig, stage: int
         raise ValueError(f"only the video stages (2, 3) can be evaluated, got stage {stage}")
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from training.encoders import build_vae
+    from training.latents import profile_vae
 
     unet = UNetSpatioTemporalConditionModel.from_pretrained(str(folder))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # the autoencoder the latents were made with (training.latents.Encoders)
-        vae = build_vae(cfg.training.model_size, cfg.training.vae_path)
+    vae = profile_vae(cfg)  # the autoencoder the latents were made with
     return unet.to(device).eval(), vae.to(device).eval(), info
 
 

@@ -106,6 +106,19 @@ def _clip_seed(seed: int, clip_id: str) -> int:
     return (seed * 1_000_003 + int(hashlib.sha1(clip_id.encode()).hexdigest()[:12], 16)) % 2**63
 
 
+def profile_vae(cfg: SvdpipeConfig):
+    """The profile's autoencoder alone, the same one ``Encoders`` builds (the latents were made with it).
+
+    Random (tiny) weights come from ``cfg.seed`` and the autoencoder is built first after seeding, in
+    ``Encoders`` too, so both give identical weights; decoding needs nothing else.
+    """
+    from training.encoders import build_vae
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_vae(cfg.training.model_size, cfg.training.vae_path).eval()
+
+
 class Encoders:
     """The autoencoder, image encoder and text tower of a profile, loaded once."""
 
@@ -115,7 +128,7 @@ class Encoders:
 
         t = cfg.training
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # random (tiny) encoders are the same in every process
+            torch.manual_seed(cfg.seed)  # random (tiny) encoders are the same in every process (see profile_vae)
             self.vae = build_vae(t.model_size, t.vae_path).eval()
             self.image_encoder = build_image_encoder(t.model_size, t.image_encoder_path).eval()
         self.feature_extractor = build_feature_extractor()

@@ -9,7 +9,6 @@ the run it started (its id is kept beside the checkpoints).
 
 from __future__ import annotations
 
-import base64
 import json
 import resource
 import tempfile
@@ -20,6 +19,7 @@ import torch
 
 from svdpipe import tracking
 from svdpipe.config import SvdpipeConfig
+from svdpipe.markdown import inline_image
 from training.edm import DEFAULT_SIGMA_EDGES, sigma_bins
 
 __all__ = ["StageReport", "sigma_bin_names"]
@@ -110,14 +110,12 @@ class StageReport:
             curve = self._loss_curve(Path(tmp) / "loss_curve.png")
             if curve is not None:
                 mlflow.log_artifact(str(curve))
-                png64 = base64.b64encode(curve.read_bytes()).decode()
-                extra["loss_curve"] = {"type": "md", "raw_value": f"![loss curve](data:image/png;base64,{png64})"}
+                extra["loss_curve"] = {"type": "md", "raw_value": inline_image(curve.read_bytes(), "loss curve")}
             for path in self._samples(module, data, Path(tmp)):
                 mlflow.log_artifact(str(path), "samples")
                 if path.suffix in (".gif", ".png") and "sample" not in extra and path.stat().st_size <= 2**21:
                     mime = "image/gif" if path.suffix == ".gif" else "image/png"
-                    b64 = base64.b64encode(path.read_bytes()).decode()
-                    extra["sample"] = {"type": "md", "raw_value": f"![{path.stem}](data:{mime};base64,{b64})"}
+                    extra["sample"] = {"type": "md", "raw_value": inline_image(path.read_bytes(), path.stem, mime)}
         if self.stage == 3:
             from training.registry import log_pipeline_model
 
@@ -159,12 +157,12 @@ class StageReport:
     @torch.no_grad()
     def _samples(self, module, data, tmp: Path) -> list[Path]:
         """Two samples from the first stored clips' conditioning (the model's own view of its data)."""
-        from training.latents import Encoders
+        from training.latents import profile_vae
         from training.sampling import decode_latents, sample_video
         from training.video_io import save_video
 
         t, steps, n = data.tensors, self.cfg.training.sample_steps, min(2, len(data))
-        vae = Encoders(self.cfg).vae
+        vae = profile_vae(self.cfg)  # not Encoders: the image and text encoders are not needed to decode
         module = module.float().eval()
         g = torch.Generator().manual_seed(self.cfg.seed)
         if self.stage == 1:
