@@ -8,8 +8,8 @@ from PIL import Image
 
 from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated
-from orchestration.partitions import ingest_batches, variants
-from orchestration.resources import MlflowResource, SvdpipeResource
+from assets.partitions import ingest_batches, variants
+from assets.resources import MlflowResource, SvdpipeResource
 from svdpipe.dvc_hash import dir_hash
 from svdpipe.markdown import inline_image
 

@@ -10,8 +10,8 @@ import math
 import dagster as dg
 
 from assets.training import finetuned_model
-from orchestration.partitions import variants
-from orchestration.resources import SvdpipeResource
+from assets.partitions import variants
+from assets.resources import SvdpipeResource
 from svdpipe.markdown import inline_image
 
 

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from curation import ingest
-from orchestration.partitions import ingest_batches
-from orchestration.resources import MlflowResource, SvdpipeResource
+from assets.partitions import ingest_batches
+from assets.resources import MlflowResource, SvdpipeResource
 
 def _reasons_markdown(frame) -> str:
     rejected = frame[frame["status"] == "rejected"]

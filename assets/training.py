@@ -9,8 +9,8 @@ process itself.
 import dagster as dg
 
 from assets.curation import curated_dataset
-from orchestration.partitions import variants
-from orchestration.resources import SvdpipeResource
+from assets.partitions import variants
+from assets.resources import SvdpipeResource
 from training.launch import command
 
 # The Dagster run queue (infra/dagster.postgres.yaml) limits concurrent runs with this tag.

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Data-sheet dense bf16 peaks (no sparsity), FLOP/s.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
-# (height, width, frames) in pixels per stage and size; svd values are the paper's (DESIGN.md, Training).
+# (height, width, frames) in pixels per stage and size; svd values are the paper's (docs/architecture.md, "The paper's numbers").
 SHAPES = {
     ("tiny", 1): (64, 64, 1),
     ("tiny", 2): (64, 64, 4),

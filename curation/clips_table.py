@@ -13,7 +13,7 @@ import pandas as pd
 
 CLIPS_KEY = "metadata/clips.parquet"
 
-# column -> pandas dtype. The first block is DESIGN.md's data contract; the rest is what else is useful.
+# column -> pandas dtype. The first block is the data contract of docs/architecture.md; the rest is what else is useful.
 CLIP_COLUMNS: dict[str, str] = {
     "clip_id": "string",
     "video_id": "string",

@@ -34,7 +34,7 @@ from svdpipe.storage import Storage, open_storage
 VIDEOS_KEY = "metadata/videos.parquet"
 BATCHES = "metadata/batches"
 
-# The data contract of metadata/videos.parquet (DESIGN.md), then our additions.
+# The data contract of metadata/videos.parquet (docs/architecture.md), then our additions.
 VIDEO_COLUMNS = {
     "video_id": "string",
     "source_uri": "string",

@@ -1,6 +1,6 @@
 """Score one video: one decode, then cuts -> clips -> motion, text area, CLIP aesthetics, caption, text match.
 
-Every detected shot becomes a row (DESIGN.md's clips table); nothing is dropped or split here. A failure while
+Every detected shot becomes a row (the clips table of docs/architecture.md); nothing is dropped or split here. A failure while
 decoding or scoring is recorded in the rows' ``error`` column and never raised to the caller.
 """
 

@@ -90,7 +90,7 @@ def _where(column: str, value: str):
 
 
 def _videos_suite() -> list:
-    contract = list(VIDEO_COLUMNS)[:10]  # DESIGN.md's columns; ingestion's bookkeeping columns are optional
+    contract = list(VIDEO_COLUMNS)[:10]  # the data contract's columns; ingestion's bookkeeping columns are optional
     acc = _where("status", "accepted")
     out = [_expect("ExpectTableColumnsToMatchSet", "required columns present", column_set=contract,
                    exact_match=False), *_types({c: VIDEO_COLUMNS[c] for c in contract})]

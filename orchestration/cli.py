@@ -31,7 +31,7 @@ def _instance():
 
 
 def _resources(ctx: click.Context) -> dict:
-    from orchestration.resources import MlflowResource, SvdpipeResource
+    from assets.resources import MlflowResource, SvdpipeResource
 
     obj = ctx.obj
     res = SvdpipeResource(profile=obj["profile"], data_root=obj["data_root"], overrides=list(obj["overrides"]),
@@ -43,7 +43,7 @@ def _resources(ctx: click.Context) -> dict:
 
 def _register_batches(instance, batches: list[str]) -> None:
     """Make each batch a partition of the ingestion assets (what the sensor does for watched sources)."""
-    from orchestration.partitions import ingest_batches
+    from assets.partitions import ingest_batches
 
     registered = set(instance.get_dynamic_partitions(ingest_batches.name))
     instance.add_dynamic_partitions(ingest_batches.name, [b for b in batches if b not in registered])
@@ -117,7 +117,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     """
     from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, read_table, summarize
-    from data_checks.checks import videos_table_check
+    from assets.checks import videos_table_check
     from svdpipe.sources import list_inputs
 
     _store(ctx, data_root, profile, overrides, params_file)
@@ -159,7 +159,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     from curation.batch_scoring import read_clips_table
     from curation.curated_dataset import prefix
     from curation.ingest import is_complete, known_batches
-    from data_checks.checks import clips_table_check
+    from assets.checks import clips_table_check
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]

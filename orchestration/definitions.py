@@ -3,8 +3,8 @@
 import dagster as dg
 
 from assets import curation, evaluation, ingestion, training
-from data_checks.checks import asset_checks
-from orchestration.resources import MlflowResource, SvdpipeResource
+from assets.checks import asset_checks
+from assets.resources import MlflowResource, SvdpipeResource
 from orchestration.schedules import retrain_finetune, retrain_schedule, train_variant
 from orchestration.sensors import new_videos_sensor
 

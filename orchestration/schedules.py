@@ -9,7 +9,7 @@ existing Stage II model, and the evaluation that decides whether the new model i
 import dagster as dg
 
 from assets.training import TRAIN_TAGS
-from orchestration.partitions import variants
+from assets.partitions import variants
 from svdpipe.config import load_config
 
 train_variant = dg.define_asset_job(

@@ -5,8 +5,8 @@ import dagster as dg
 
 from assets.ingestion import ingested_batch
 from curation.ingest import plan_batches
-from orchestration.partitions import ingest_batches
-from orchestration.resources import SvdpipeResource
+from assets.partitions import ingest_batches
+from assets.resources import SvdpipeResource
 from svdpipe.sources import list_inputs
 
 

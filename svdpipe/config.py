@@ -198,7 +198,7 @@ class MlflowConfig(_Section):
 
 
 class StageConfig(_Section):
-    """One training stage (DESIGN.md, Training): resolution, schedule and EDM training noise."""
+    """One training stage (docs/architecture.md, "The paper's numbers"): resolution, schedule and EDM training noise."""
 
     height: int = Field(64, ge=8, description="training resolution in pixels (a multiple of the autoencoder's factor)")
     width: int = Field(64, ge=8)

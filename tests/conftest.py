@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from curation.sample_corpus import make_sample_corpus
-from svdpipe import s3server
+from infra import s3server
 
 REPO = Path(__file__).resolve().parent.parent
 SVDPIPE = str(Path(sys.executable).parent / "svdpipe")

@@ -1,4 +1,4 @@
-"""Comparison of curation variants (issue #5): the newest evaluation run of each variant, side by side.
+"""Comparison of curation variants: the newest evaluation run of each variant, side by side.
 
 Reads the MLflow tracking store (runs tagged ``stage=eval`` by ``training.evaluate.log_evaluation``), keeps the
 newest run per ``curation_variant`` (by start time, then end time), and renders a table (pandas, markdown) and a

@@ -1,4 +1,4 @@
-"""Evaluation of a trained video stage on its held-out clips (issue #5): one flat, MLflow-safe metrics dict.
+"""Evaluation of a trained video stage on its held-out clips: one flat, MLflow-safe metrics dict.
 
 Metrics (all on the clips of ``latents/<variant>/<HxWxF>`` flagged ``val``; every clip if none is held out,
 which the result's ``notes`` say):

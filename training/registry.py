@@ -1,4 +1,4 @@
-"""The MLflow Model Registry step (issue #5): log the stage-3 pipeline as a pyfunc model, register it if not worse.
+"""The MLflow Model Registry step: log the stage-3 pipeline as a pyfunc model, register it if not worse.
 
 Rule (``register_if_not_worse``): a candidate becomes a new version of the registered model ``name`` only if its
 ``metric`` (``evaluation.register_metric``, default ``val_loss``) is not worse than the one recorded on the

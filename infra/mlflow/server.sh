@@ -8,11 +8,11 @@
 #   MLFLOW_HOST [127.0.0.1] MLFLOW_PORT [5000] MLFLOW_WORKERS [1]
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL) for the S3 server
 # Clients then use MLFLOW_TRACKING_URI=http://$MLFLOW_HOST:$MLFLOW_PORT and need no S3 credentials.
-# The command is built by svdpipe.deploy.mlflow_server_command, the same one the tests start.
+# The command is built by infra.deploy.mlflow_server_command, the same one the tests start.
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 db=${MLFLOW_DB:-mlflow}
-"$PYTHON" -m svdpipe.deploy createdb "$db" >/dev/null
-exec "$PYTHON" -m svdpipe.deploy mlflow-server --db "$db" \
+"$PYTHON" -m infra.deploy createdb "$db" >/dev/null
+exec "$PYTHON" -m infra.deploy mlflow-server --db "$db" \
   --artifacts "${MLFLOW_ARTIFACTS:-s3://svdpipe-mlflow/artifacts}" \
   --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" --workers "${MLFLOW_WORKERS:-1}"

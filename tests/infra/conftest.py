@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from svdpipe import deploy
+from infra import deploy
 
 
 @pytest.fixture(scope="session")

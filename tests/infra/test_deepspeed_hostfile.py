@@ -8,7 +8,7 @@ import json
 import pytest
 from deepspeed.launcher.runner import fetch_hostfile, parse_inclusion_exclusion
 
-from svdpipe import deploy
+from infra import deploy
 
 
 def test_example_hostfile_parses():

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from svdpipe import helm_values
-from svdpipe.deploy import DAGSTER_POSTGRES_YAML
+from infra import helm_values
+from infra.deploy import DAGSTER_POSTGRES_YAML
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Postgres deployment: Dagster instance and MLflow tracking server on PostgreSQL, MLflow artifacts in S3.
 
 A real `svdpipe ingest` runs against fresh databases in the machine's PostgreSQL, an MLflow server started from
-svdpipe.deploy, and a fresh SeaweedFS bucket; the run, its events, the MLflow run and its artifacts are then
+infra.deploy, and a fresh SeaweedFS bucket; the run, its events, the MLflow run and its artifacts are then
 looked up where they must have landed.
 """
 
@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from svdpipe import deploy
+from infra import deploy
 
 
 @pytest.fixture(scope="module")

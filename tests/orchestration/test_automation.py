@@ -7,7 +7,7 @@ import dagster as dg
 
 from assets.ingestion import ingested_batch, videos
 from orchestration.definitions import defs
-from orchestration.resources import MlflowResource, SvdpipeResource
+from assets.resources import MlflowResource, SvdpipeResource
 from orchestration.schedules import retrain_finetune, retrain_schedule
 from orchestration.sensors import new_videos_sensor
 from svdpipe.config import load_config

@@ -5,7 +5,7 @@ import dagster as dg
 from assets.ingestion import ingested_batch, videos
 from curation.ingest import read_table
 from orchestration.definitions import defs
-from orchestration.resources import MlflowResource, SvdpipeResource
+from assets.resources import MlflowResource, SvdpipeResource
 from orchestration.sensors import new_videos_sensor
 
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 import urllib.request
 
-from svdpipe.s3server import free_port
+from infra.s3server import free_port
 
 
 def _graphql(port: int, query: str) -> dict:

@@ -78,7 +78,7 @@ def test_http_size_limit_declared_and_streamed(http_root, tmp_path):
 
 
 def test_unreachable_host_is_a_fetch_error(tmp_path):
-    from svdpipe.s3server import free_port
+    from infra.s3server import free_port
 
     with pytest.raises(FetchError, match="after 2 attempts"):
         fetch(f"http://127.0.0.1:{free_port()}/v.mp4", tmp_path / "o.mp4", max_bytes=100, timeout_s=2, retries=1)

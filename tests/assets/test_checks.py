@@ -6,8 +6,8 @@ import pytest
 
 from assets.ingestion import videos
 from curation import ingest
-from data_checks.checks import CLIPS_KEY, clips_table_check, videos_table_check
-from orchestration.resources import SvdpipeResource
+from assets.checks import CLIPS_KEY, clips_table_check, videos_table_check
+from assets.resources import SvdpipeResource
 
 
 class ClipsSource(dg.Config):

