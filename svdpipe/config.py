@@ -197,6 +197,19 @@ class MlflowConfig(_Section):
     )
 
 
+class ComputeConfig(_Section):
+    """Where networks run and which engine spreads per-video work (curation scoring, latent encoding)."""
+
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="inference precision of the networks (scorers, encoders, samplers); training has its own"
+    )
+    engine: Literal["local", "ray"] = Field("local", description="local: a process pool; ray: a Ray cluster")
+    ray_address: str | None = Field(
+        None, description="address of an existing Ray cluster (ray://host:10001 or host:6379); None starts a local one"
+    )
+
+
 class StageConfig(_Section):
     """One training stage (docs/architecture.md, "The paper's numbers"): resolution, schedule and EDM training noise."""
 
@@ -212,6 +225,10 @@ class StageConfig(_Section):
     P_std: float = Field(1.2, gt=0)
     p_drop: float = Field(0.1, ge=0, lt=1, description="share of samples trained unconditioned (for guidance)")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights; None: no EMA")
+    conditioning: Literal["text", "image"] = Field(
+        "image", description="text: SD 2.1's text cross-attention (+ fps, motion); image: SVD's image-to-video"
+    )
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory)")
 
 
 def _default_stages() -> dict[str, StageConfig]:
@@ -278,6 +295,7 @@ class SvdpipeConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     def flat(self) -> dict[str, str]:
         """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""
