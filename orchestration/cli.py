@@ -118,7 +118,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, read_table, summarize
     from assets.checks import videos_table_check
-    from svdpipe.sources import list_inputs
+    from svdpipe.sources import list_inputs, redact_uri
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -128,8 +128,8 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from e
     storage = resources["svdpipe"].storage
-    todo, new = plan_batches(storage, uris)
-    click.echo(f"{len(uris)} inputs under {source}: {len(new)} new, {len(uris) - len(new)} already known; "
+    todo, new = plan_batches(storage, uris, uris.refused)
+    click.echo(f"{len(uris)} inputs under {redact_uri(source)}: {len(new)} new, {len(uris) - len(new)} already known; "
                f"{len(todo)} batch(es) to run")
     instance = _instance()
     _register_batches(instance, todo)

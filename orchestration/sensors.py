@@ -21,7 +21,7 @@ def new_videos_sensor(context: dg.SensorEvaluationContext, svdpipe: SvdpipeResou
     if not cfg.ingest.watch:
         return dg.SkipReason("ingest.watch is not set (SVDPIPE__INGEST__WATCH=/path or s3://bucket/prefix)")
     uris = list_inputs(cfg.ingest.watch, cfg.ingest.ignore)
-    todo, new = plan_batches(svdpipe.storage, uris)
+    todo, new = plan_batches(svdpipe.storage, uris, uris.refused)
     registered = set(context.instance.get_dynamic_partitions(ingest_batches.name))
     # A batch planned but never registered (the sensor stopped in between) is picked up on the next tick.
     unregistered = [b for b in todo if b not in registered]

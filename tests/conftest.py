@@ -51,15 +51,40 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests) and /chunked/<file> (no length)."""
+    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests), /chunked/<file> (no length),
+    /trickle/<file> (one byte every 50 ms) and /redirect/<location> (302 to the rest of the path, unquoted)."""
 
     failures: dict[str, int] = {}
+    requests: list[str] = []  # every path asked for, in order
 
     def log_message(self, *args):  # keep test output clean
         pass
 
     def do_GET(self):  # noqa: N802 - http.server's naming
+        _Handler.requests.append(self.path)
         parts = self.path.strip("/").split("/")
+        if parts[0] == "redirect":
+            from urllib.parse import unquote
+
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path.split("/redirect/", 1)[1]))
+            self.end_headers()
+            return
+        if parts[0] == "trickle":
+            import time
+
+            data = (Path(self.directory) / "/".join(parts[1:])).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the client gave up at its deadline, as the test wants
+            return
         if parts[0] == "flaky":
             n, rest = int(parts[1]), "/".join(parts[2:])
             seen = _Handler.failures.get(self.path, 0)
