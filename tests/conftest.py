@@ -50,6 +50,16 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     return out, truth
 
 
+@pytest.fixture(scope="session")
+def formats(tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny file per common video format, rotated phone and variable-frame-rate ones included
+    (tests/format_corpus.py); read-only."""
+    from format_corpus import make_format_corpus
+
+    out = tmp_path_factory.mktemp("formats")
+    return out, make_format_corpus(out)
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests), /chunked/<file> (no length),
     /trickle/<file> (one byte every 50 ms) and /redirect/<location> (302 to the rest of the path, unquoted)."""
