@@ -61,7 +61,9 @@ def _materialize(assets: list, resources: dict, instance, partition_key: str | N
                             raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}})
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed_checks or not result.success:
-        lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" for e in failed_checks]
+        lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" + (f": {e.description}" if
+                 e.description else "") + (f"\n{e.metadata['failing_videos'].value}" if "failing_videos" in
+                 e.metadata else "") for e in failed_checks]
         lines += [e.message for e in result.all_events if e.is_failure][-3:]
         raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(lines) +
                                    f"\n  details: `svdpipe ui`, run {result.run_id}")
@@ -159,7 +161,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     from curation.batch_scoring import read_clips_table
     from curation.curated_dataset import prefix
     from curation.ingest import is_complete, known_batches
-    from assets.checks import clips_table_check
+    from assets.checks import clips_failure_gate, clips_table_check
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -176,7 +178,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     _register_batches(instance, batches)
     for batch in batches:
         _materialize([clip_scores], resources, instance, partition_key=batch)
-    _materialize([clips, clips_table_check], resources, instance)
+    _materialize([clips, clips_table_check, clips_failure_gate], resources, instance)
     table = read_clips_table(storage)
     click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "
                f"{table['video_id'].nunique()} videos")

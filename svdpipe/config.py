@@ -291,6 +291,16 @@ class ScheduleConfig(_Section):
     retrain_variant: str = Field("svd", description="curation variant the schedule retrains on")
 
 
+class ChecksConfig(_Section):
+    """Data checks that gate the chain (data_checks/, run as blocking Dagster asset checks)."""
+
+    max_error_fraction: float = Field(
+        0.01, ge=0, le=1,
+        description="most clips whose scoring failed, as a share of the clips table, before no curated dataset is "
+        "built (a scorer bug must not become a dataset of error rows)",
+    )
+
+
 class SvdpipeConfig(_Section):
     profile: str = "tiny"
     data_root: str = "./data"
@@ -304,6 +314,7 @@ class SvdpipeConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     compute: ComputeConfig = ComputeConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     def flat(self) -> dict[str, str]:
         """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""
