@@ -17,8 +17,10 @@ def dagster_home() -> Path:
     """``$DAGSTER_HOME``, else ``./.dagster``; created with svdpipe's instance config if new."""
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INFRA / "dagster.yaml", home / "dagster.yaml")
+    if not (home / "dagster.yaml").exists():  # copied whole or not at all: a second command may be starting too
+        part = home / f".dagster.yaml.{os.getpid()}.part"
+        shutil.copyfile(INFRA / "dagster.yaml", part)
+        os.replace(part, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -68,6 +70,11 @@ def _materialize(assets: list, resources: dict, instance, partition_key: str | N
         raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(lines) +
                                    f"\n  details: `svdpipe ui`, run {result.run_id}")
     return result
+
+
+def _hold_data_root(ctx: click.Context, storage, purpose: str) -> None:
+    """One command at a time writes a data root; a second waits here (and says so) until the first is done."""
+    ctx.with_resource(storage.lock(purpose, on_wait=lambda msg: click.echo(msg + " ...", err=True)))
 
 
 def common_options(fn):
@@ -130,6 +137,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from e
     storage = resources["svdpipe"].storage
+    _hold_data_root(ctx, storage, "svdpipe ingest")
     todo, new = plan_batches(storage, uris, uris.refused)
     click.echo(f"{len(uris)} inputs under {redact_uri(source)}: {len(new)} new, {len(uris) - len(new)} already known; "
                f"{len(todo)} batch(es) to run")
@@ -171,6 +179,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
         raise click.UsageError(f"unknown variant(s) {unknown}; configured: {', '.join(sorted(cfg.variants))}")
     resources = _resources(ctx)
     storage = resources["svdpipe"].storage
+    _hold_data_root(ctx, storage, "svdpipe curate")
     batches = [b for b in sorted(known_batches(storage)) if is_complete(storage, b)]
     if not batches:
         raise click.UsageError(f"nothing ingested under {storage.root}; run `svdpipe ingest SOURCE` first")

@@ -8,6 +8,7 @@ from curation.ingest import plan_batches
 from assets.partitions import ingest_batches
 from assets.resources import SvdpipeResource
 from svdpipe.sources import list_inputs
+from svdpipe.storage import LockBusy
 
 
 @dg.sensor(
@@ -21,7 +22,11 @@ def new_videos_sensor(context: dg.SensorEvaluationContext, svdpipe: SvdpipeResou
     if not cfg.ingest.watch:
         return dg.SkipReason("ingest.watch is not set (SVDPIPE__INGEST__WATCH=/path or s3://bucket/prefix)")
     uris = list_inputs(cfg.ingest.watch, cfg.ingest.ignore)
-    todo, new = plan_batches(svdpipe.storage, uris, uris.refused)
+    try:  # a command or run writing this data root: plan on a later tick rather than beside it
+        with svdpipe.storage.lock("new-videos sensor", wait_s=0):
+            todo, new = plan_batches(svdpipe.storage, uris, uris.refused)
+    except LockBusy as e:
+        return dg.SkipReason(str(e))
     registered = set(context.instance.get_dynamic_partitions(ingest_batches.name))
     # A batch planned but never registered (the sensor stopped in between) is picked up on the next tick.
     unregistered = [b for b in todo if b not in registered]

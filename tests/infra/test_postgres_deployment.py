@@ -112,7 +112,7 @@ def test_queued_run_coordinator_limits(deployment, pg_databases, monkeypatch):
 
     db = pg_databases("queue")
     instance = _instance(deployment, monkeypatch, db)
-    configured = yaml.safe_load(deploy.DAGSTER_POSTGRES_YAML.read_text())["run_coordinator"]["config"]
+    configured = yaml.safe_load(deploy.DAGSTER_POSTGRES_YAML.read_text())["concurrency"]["runs"]
     assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
     queue = instance.run_coordinator.get_run_queue_config()
     assert queue.max_concurrent_runs == configured["max_concurrent_runs"] == 4
