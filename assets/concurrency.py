@@ -27,6 +27,14 @@ def data_root_pool(root: str) -> str:
 POOL = data_root_pool(load_config().data_root)
 
 
+def ensure_pool(instance, root: str) -> None:
+    """Give the data root's pool its limit in the instance now: Dagster's queue only limits a pool it already
+    knows, so the first two runs on a fresh instance could otherwise leave the queue together."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits and instance.global_op_concurrency_default_limit:
+        storage.initialize_concurrency_limit_to_default(data_root_pool(root))
+
+
 def writes_tables(fn):
     """Run the asset body holding its data root's storage lock (waits, and says so in the run's log)."""
 

@@ -28,8 +28,14 @@ def dagster_home() -> Path:
 def _instance():
     import dagster as dg
 
+    from assets.concurrency import ensure_pool
+
     dagster_home()
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    obj = click.get_current_context().obj
+    if obj:
+        ensure_pool(instance, obj["data_root"])
+    return instance
 
 
 def _resources(ctx: click.Context) -> dict:

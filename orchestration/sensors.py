@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from assets.concurrency import ensure_pool
 from assets.ingestion import ingested_batch
 from curation.ingest import plan_batches
 from assets.partitions import ingest_batches
@@ -33,6 +34,7 @@ def new_videos_sensor(context: dg.SensorEvaluationContext, svdpipe: SvdpipeResou
     if not unregistered:
         return dg.SkipReason(f"no new inputs under {cfg.ingest.watch} ({len(uris)} known)")
     context.log.info("%d new inputs under %s -> batches %s", len(new), cfg.ingest.watch, unregistered)
+    ensure_pool(context.instance, cfg.data_root)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=b, run_key=b) for b in unregistered],
         dynamic_partitions_requests=[ingest_batches.build_add_request(unregistered)],
