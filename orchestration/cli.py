@@ -128,7 +128,8 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
 
     SOURCE is a folder, an s3://bucket/prefix, or a CSV/Parquet manifest with a `url` column (http(s), s3:// or
     paths). Each input is probed and accepted, or rejected with its reason; inputs already ingested are skipped,
-    and a batch interrupted earlier is resumed.
+    and a batch interrupted earlier is resumed. Manifest paths outside the manifest's folder, file:// URLs and
+    hosts on private networks (unless --set ingest.allow_private_hosts=true) are refused unread.
     """
     from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, read_table, summarize

@@ -79,17 +79,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     /trickle/<file> (one byte every 50 ms) and /redirect/<location> (302 to the rest of the path, unquoted).
 
     ``failures`` counts requests per path; each server gets its own subclass, so no count outlives its test.
-    ``requests`` lists every path asked of any server in this process, in order.
     """
 
     failures: dict[str, int]
-    requests: list[str] = []
 
     def log_message(self, *args):  # keep test output clean
         pass
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        _Handler.requests.append(self.path)
         parts = self.path.strip("/").split("/")
         if parts[0] == "redirect":
             from urllib.parse import unquote
