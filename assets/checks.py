@@ -1,8 +1,9 @@
-"""Dagster asset checks that run the GX suites on the videos and clips tables.
+"""Dagster asset checks that run the GX suites on the videos and clips tables, and the clips' failure gate.
 
-Both are blocking with ERROR severity: a failing table stops every downstream asset in the same run (the curated
-datasets are never built from a table that breaks the data contract). The check's metadata carries the failing
-expectations, a markdown table of offending rows and GX's rendered validation result.
+All are blocking with ERROR severity: a failing table stops every downstream asset in the same run (the curated
+datasets are never built from a table that breaks the data contract, or from one where too many clips failed
+scoring). The check's metadata carries the failing expectations, a markdown table of offending rows (for the
+gate: the failing videos and why) and GX's rendered validation result.
 """
 
 import json
@@ -10,6 +11,7 @@ import json
 import dagster as dg
 
 from curation import clips_table, ingest
+from data_checks.failure_gate import failure_gate
 from data_checks.suites import ValidationOutcome, validate
 from assets.resources import SvdpipeResource
 from svdpipe.storage import Storage
@@ -73,4 +75,35 @@ def clips_table_check(svdpipe: SvdpipeResource) -> dg.AssetCheckResult:
     return _validate_table(svdpipe.storage, CLIPS_KEY, "clips")
 
 
-asset_checks = [videos_table_check, clips_table_check]
+@dg.asset_check(
+    asset="clips",
+    blocking=True,
+    description="Failure gate: the share of clips whose scoring failed (decode or scorer errors; short unscored "
+                "shots excepted) is at most checks.max_error_fraction; lists the failing videos and why.",
+)
+def clips_failure_gate(svdpipe: SvdpipeResource) -> dg.AssetCheckResult:
+    storage = svdpipe.storage
+    path = storage.uri(CLIPS_KEY)
+    frame = ingest.read_optional(storage, CLIPS_KEY)
+    if frame is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=f"no table at {path}", metadata={"path": dg.MetadataValue.path(path)})
+    gate = failure_gate(frame, svdpipe.config.checks.max_error_fraction, ingest.read_optional(storage,
+                                                                                               ingest.VIDEOS_KEY))
+    return dg.AssetCheckResult(
+        passed=gate.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=gate.summary(),
+        metadata={
+            "path": dg.MetadataValue.path(path),
+            "clips": gate.clips,
+            "failed_clips": gate.failed,
+            "failed_fraction": dg.MetadataValue.float(round(gate.fraction, 6)),
+            "max_error_fraction": dg.MetadataValue.float(gate.max_fraction),
+            "failing_videos": dg.MetadataValue.md(gate.by_video_markdown()),
+            "validation_result": dg.MetadataValue.md(gate.validation.rendered if gate.validation else "empty table"),
+        },
+    )
+
+
+asset_checks = [videos_table_check, clips_table_check, clips_failure_gate]

@@ -9,6 +9,7 @@ from PIL import Image
 from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated
 from assets.partitions import ingest_batches, variants
+from assets.concurrency import POOL, writes_tables
 from assets.resources import MlflowResource, SvdpipeResource
 from svdpipe.dvc_hash import dir_hash
 from svdpipe.markdown import inline_image
@@ -17,12 +18,14 @@ _EAGER = dg.AutomationCondition.eager()
 
 
 @dg.asset(
+    pool=POOL,
     partitions_def=ingest_batches,
     deps=[ingested_batch],
     group_name="curation",
     automation_condition=_EAGER,
     description="Cuts, motion, text area, CLIP aesthetics, captions and text match for one batch's accepted videos.",
 )
+@writes_tables
 def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     cfg = svdpipe.config
     t0 = time.perf_counter()
@@ -42,11 +45,13 @@ def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> 
 
 
 @dg.asset(
+    pool=POOL,
     deps=[clip_scores, videos],
     group_name="curation",
     automation_condition=_EAGER,
     description="metadata/clips.parquet: every detected shot of every accepted video, with all its scores.",
 )
+@writes_tables
 def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     frame = batch_scoring.consolidate(svdpipe.storage, svdpipe.config)
     preview = frame.drop(columns=["motion_series", "text_area_per_frame", "score_frames"]).head(15)
@@ -60,6 +65,7 @@ def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
+    pool=POOL,
     partitions_def=variants,
     deps=[clips],
     group_name="curation",
@@ -67,6 +73,7 @@ def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     automation_condition=_EAGER & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     description="curated/<variant>/: the selected clip ids with thresholds, histograms, WebDataset shards.",
 )
+@writes_tables
 def curated_dataset(
     context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:

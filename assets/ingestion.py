@@ -4,6 +4,7 @@ import dagster as dg
 
 from curation import ingest
 from assets.partitions import ingest_batches
+from assets.concurrency import POOL, writes_tables
 from assets.resources import MlflowResource, SvdpipeResource
 
 def _reasons_markdown(frame) -> str:
@@ -15,10 +16,12 @@ def _reasons_markdown(frame) -> str:
     return "\n".join(lines)
 
 @dg.asset(
+    pool=POOL,
     partitions_def=ingest_batches,
     group_name="ingestion",
     description="One batch of inputs: each fetched, hashed, probed with PyAV, stored under raw/ or quarantine/.",
 )
+@writes_tables
 def ingested_batch(
     context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
@@ -42,11 +45,13 @@ def ingested_batch(
     )
 
 @dg.asset(
+    pool=POOL,
     deps=[ingested_batch],
     group_name="ingestion",
     automation_condition=dg.AutomationCondition.eager(),
     description="metadata/videos.parquet: one row per input of every batch, accepted or rejected with a reason.",
 )
+@writes_tables
 def videos(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     frame = ingest.consolidate(svdpipe.storage)
     counts = ingest.summarize(frame)

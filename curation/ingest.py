@@ -11,6 +11,10 @@ Layout under the data root::
 
 Idempotence: an input URI already in any batch is not planned again; content already accepted under another URI
 is rejected as a duplicate (so accepted ``video_id`` values stay unique) and not copied again.
+
+Policy: an input the intake policy refused (``svdpipe.sources``) is a rejected row with its reason, and nothing is
+read from it. Tables show ``redact_uri`` of each input and reasons are scrubbed of its secrets; only the batch's
+work order (``inputs.json``) keeps the URIs as given, because a resumed batch must fetch them again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pandas as pd
 
 from curation.probe import content_hash, probe_video
 from svdpipe.config import IngestConfig
-from svdpipe.sources import FetchError, fetch
+from svdpipe.sources import FetchError, fetch, redact_uri, scrub
 from svdpipe.storage import Storage, open_storage
 
 VIDEOS_KEY = "metadata/videos.parquet"
@@ -81,15 +85,19 @@ def is_complete(root: Storage, batch: str) -> bool:
     return root.exists(batch_key(batch, "videos.parquet"))
 
 
-def plan_batches(root: Storage, uris: list[str]) -> tuple[list[str], list[str]]:
-    """Return (batches to run, inputs newly planned). Unfinished batches are resumed; known URIs are skipped."""
+def plan_batches(root: Storage, uris: list[str], refused: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Return (batches to run, inputs newly planned). Unfinished batches are resumed; known URIs are skipped.
+
+    ``refused`` (URI -> reason, from ``list_inputs``) travels with the batch: those inputs become rejected rows.
+    """
     batches = known_batches(root)
     seen = {u for inputs in batches.values() for u in inputs}
     new = [u for u in dict.fromkeys(uris) if u not in seen]
     todo = sorted(b for b in batches if not is_complete(root, b))
     if new:
         batch = new_batch_id(new)
-        root.write_text(batch_key(batch, "inputs.json"), json.dumps({"inputs": new}, indent=1))
+        order = {"inputs": new, "refused": {u: r for u, r in (refused or {}).items() if u in set(new)}}
+        root.write_text(batch_key(batch, "inputs.json"), json.dumps(order, indent=1))
         todo.append(batch)
     return todo, new
 
@@ -99,20 +107,24 @@ def _suffix(uri: str) -> str:
     return suffix if suffix and len(suffix) <= 6 else ".bin"
 
 
-def ingest_one(uri: str, root_uri: str, cfg: IngestConfig, batch: str) -> dict:
-    """Fetch, hash, probe and store one input; never raises for bad input."""
+def ingest_one(uri: str, root_uri: str, cfg: IngestConfig, batch: str, refused: str | None = None) -> dict:
+    """Fetch, hash, probe and store one input; never raises for bad input. A refused input is not touched."""
     root = open_storage(root_uri)
-    row: dict = {"source_uri": uri, "batch": batch, "ingested_at": datetime.now(timezone.utc).isoformat()}
+    row: dict = {"source_uri": redact_uri(uri), "batch": batch, "ingested_at": datetime.now(timezone.utc).isoformat()}
+    if refused:
+        return {**row, "video_id": "", "status": "rejected", "reason": refused}
     with tempfile.TemporaryDirectory(prefix="svdpipe-ingest-") as tmp:
         try:
             local = fetch(uri, Path(tmp) / f"input{_suffix(uri)}", cfg.max_input_bytes, cfg.download_timeout_s,
-                          cfg.download_retries)
+                          cfg.download_retries, deadline_s=cfg.download_deadline_s,
+                          allow_private=cfg.allow_private_hosts)
         except FetchError as e:
-            return {**row, "video_id": "", "status": "rejected", "reason": str(e)}
+            return {**row, "video_id": "", "status": "rejected", "reason": scrub(str(e), uri)}
         row["size_bytes"] = local.stat().st_size
         row["video_id"] = content_hash(local)
         probe = probe_video(local, cfg.min_decoded_fraction)
         row.update(probe.as_row())
+        row["reason"] = scrub(row["reason"], uri)
         row["status"] = "accepted" if probe.ok else "rejected"
         folder = "raw" if probe.ok else "quarantine"
         key = f"{folder}/{row['video_id']}{_suffix(uri)}"
@@ -123,8 +135,8 @@ def ingest_one(uri: str, root_uri: str, cfg: IngestConfig, batch: str) -> dict:
 
 
 def _run_one(args: tuple) -> tuple[str, dict]:
-    uri, root_uri, cfg_json, batch = args
-    return uri, ingest_one(uri, root_uri, IngestConfig.model_validate_json(cfg_json), batch)
+    uri, root_uri, cfg_json, batch, refused = args
+    return uri, ingest_one(uri, root_uri, IngestConfig.model_validate_json(cfg_json), batch, refused)
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
@@ -167,7 +179,8 @@ def ingest_batch(root: Storage, batch: str, cfg: IngestConfig, progress: bool = 
     """Ingest one planned batch and write its table. Inputs finished by an earlier, killed run are not redone."""
     from tqdm import tqdm
 
-    uris = json.loads(root.read_text(batch_key(batch, "inputs.json")))["inputs"]
+    order = json.loads(root.read_text(batch_key(batch, "inputs.json")))
+    uris, refused = order["inputs"], order.get("refused", {})
     results: dict[str, dict] = {}
     for uri in uris:
         key = batch_key(batch, f"results/{_input_key(uri)}.json")
@@ -181,7 +194,7 @@ def ingest_batch(root: Storage, batch: str, cfg: IngestConfig, progress: bool = 
         results[uri] = row
         bar.update(1)
 
-    args = [(u, root.root, cfg.model_dump_json(), batch) for u in todo]
+    args = [(u, root.root, cfg.model_dump_json(), batch, refused.get(u)) for u in todo]
     if cfg.workers > 1 and len(todo) > 1:
         # spawn: a forked child of a threaded parent (Dagster, boto3) can deadlock.
         ctx = multiprocessing.get_context("spawn")
@@ -199,9 +212,10 @@ def ingest_batch(root: Storage, batch: str, cfg: IngestConfig, progress: bool = 
     for uri in sorted(results):
         row = dict(results[uri])
         if row.get("status") == "accepted":
-            first = owners.setdefault(row["video_id"], uri)
-            if first != uri:
-                row.update(status="rejected", reason=f"duplicate content: same bytes as {first}")
+            if row["video_id"] in owners:
+                row.update(status="rejected", reason=f"duplicate content: same bytes as {owners[row['video_id']]}")
+            else:
+                owners[row["video_id"]] = row["source_uri"]
         rows.append(row)
     frame = to_frame(rows)
     write_table(root, batch_key(batch, "videos.parquet"), frame)

@@ -7,8 +7,13 @@ ingestion can account for every input. The checks, in order:
 * the container cannot be opened (random bytes, a text file, an MP4 whose index is cut off);
 * no video stream (audio only);
 * the video stream yields no decodable frame (garbage packets);
-* truncated: fewer frames decode than the container declares (``min_decoded_fraction``);
+* truncated: fewer frames decode than the container counts, or (when it counts none) the decoded frames span less
+  of the declared duration (``min_decoded_fraction``); a variable-frame-rate file is judged by time, never by
+  duration x nominal rate;
 * a decode error part-way through the stream.
+
+``width``/``height`` are the displayed size (a phone video stored sideways with a rotation flag reports its
+upright size) and ``fps`` the mean rate over the decoded timestamps.
 
 Every packet is demuxed (cheap) and every frame decoded without colour conversion, which is what it takes to
 know that the whole stream decodes; curation decodes again at reduced size, once, for all scorers.
@@ -22,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
+
+from curation.decode import Clock, displayed_size, nominal_fps, quarter_turns
 
 HASH_CHUNK = 4 * 1024 * 1024
 # FFmpeg renders any text file as a video through its "tty" demuxer (ANSI art); such input is text, not video.
@@ -54,15 +61,11 @@ def content_hash(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def _declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float) -> int:
-    """Frames the container claims to hold: its frame count, else its duration times the rate (0 if unknown)."""
-    if stream.frames:
-        return int(stream.frames)
+def _declared_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    """The duration the container declares for the stream (0 if none)."""
     if stream.duration is not None and stream.time_base is not None:
-        return int(round(float(stream.duration * stream.time_base) * fps))
-    if container.duration:
-        return int(round(container.duration / av.time_base * fps))
-    return 0
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else 0.0
 
 
 def probe_video(path: str | Path, min_decoded_fraction: float = 0.9) -> VideoProbe:
@@ -84,45 +87,43 @@ def probe_video(path: str | Path, min_decoded_fraction: float = 0.9) -> VideoPro
             return VideoProbe(False, f"no video stream (found {', '.join(kinds)} streams)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        codec = stream.codec_context.name if stream.codec_context else None
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
-        declared = _declared_frames(container, stream, fps) if fps > 0 else 0
-        decoded, width, height, first_t, last_t, error = 0, None, None, None, None, None
+        # The format's name (av1), not the decoder's (libdav1d)
+        codec = stream.codec_context.codec.canonical_name if stream.codec_context else None
+        clock = Clock(nominal_fps(stream))
+        decoded, width, height, error = 0, None, None, None
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
+                    if decoded == 0:
+                        width, height = displayed_size(frame.width, frame.height, quarter_turns(frame))
                     decoded += 1
-                    width, height = frame.width, frame.height
-                    if frame.time is not None:
-                        first_t = frame.time if first_t is None else first_t
-                        last_t = frame.time
+                    clock.tick(frame)
         except (av.FFmpegError, ValueError) as e:
             error = _msg(e)
         if decoded == 0:
             return VideoProbe(False, f"undecodable video stream ({codec}): {error or 'no frame decodes'}", codec=codec)
         if decoded < 2:
             return VideoProbe(False, "a single frame: a still image, not a video", codec=codec, num_frames=decoded)
-        if fps <= 0 and first_t is not None and last_t is not None and last_t > first_t:
-            fps = (decoded - 1) / (last_t - first_t)
+        span = float(clock.boundaries()[-1])
+        fps = decoded / span if span > 0 else 0.0
         if fps <= 0:
             return VideoProbe(False, "video stream has no usable frame rate", codec=codec, num_frames=decoded)
         if error:
             return VideoProbe(
                 False, f"decode error after {decoded} frames: {error}", codec=codec, num_frames=decoded, fps=fps
             )
-        if declared and decoded < min_decoded_fraction * declared:
-            return VideoProbe(
-                False,
-                f"truncated: {decoded} of {declared} declared frames decode "
-                f"({decoded / fps:.2f} s of {declared / fps:.2f} s)",
-                codec=codec,
-                num_frames=decoded,
-                fps=fps,
-            )
+        counted, declared_s = int(stream.frames or 0), _declared_seconds(container, stream)
+        if counted and decoded < min_decoded_fraction * counted:
+            short = f"{decoded} of {counted} counted frames decode ({span:.2f} s of {declared_s or counted / fps:.2f} s)"
+        elif not counted and declared_s and span < min_decoded_fraction * declared_s:
+            short = f"{decoded} frames decode, {span:.2f} s of the declared {declared_s:.2f} s"
+        else:
+            short = ""
+        if short:
+            return VideoProbe(False, f"truncated: {short}", codec=codec, num_frames=decoded, fps=fps)
         return VideoProbe(
             True,
-            duration_s=decoded / fps,
+            duration_s=span,
             fps=round(fps, 6),
             width=width,
             height=height,

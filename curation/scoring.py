@@ -62,12 +62,14 @@ def first_middle_last(positions: np.ndarray) -> list[int]:
     return [int(positions[0]), int(positions[(n - 1) // 2]), int(positions[-1])]
 
 
-def _base_row(video: dict, start: int, end: int, fps: float, width: int, height: int, cut_in: str) -> dict:
+def _base_row(video: dict, start: int, end: int, times: np.ndarray, width: int, height: int, cut_in: str) -> dict:
+    """Times come from the decoded timestamps (``times[i]``: when frame i is shown); ``fps`` is the clip's rate."""
+    start_s, end_s = float(times[start]), float(times[end])
     return {
         "clip_id": clip_id(video["video_id"], start, end), "video_id": video["video_id"],
-        "start_frame": start, "end_frame": end, "start_s": start / fps, "end_s": end / fps,
-        "duration_s": (end - start) / fps, "fps": fps, "width": width, "height": height, "num_frames": end - start,
-        "cut_in": cut_in, "error": "",
+        "start_frame": start, "end_frame": end, "start_s": start_s, "end_s": end_s,
+        "duration_s": end_s - start_s, "fps": round((end - start) / (end_s - start_s), 6), "width": width, "height": height,
+        "num_frames": end - start, "cut_in": cut_in, "error": "",
     }
 
 
@@ -80,7 +82,7 @@ def score_video(path: str | Path, video: dict, cfg: CurationConfig, scorers: Sco
         cuts = cascade.finish(decoded.num_frames)
     except Exception as e:  # noqa: BLE001 - a broken video must not stop the others
         n, fps = int(video["num_frames"]), float(video["fps"])
-        row = _base_row(video, 0, n, fps, int(video["width"]), int(video["height"]), "start")
+        row = _base_row(video, 0, n, np.arange(n + 1) / fps, int(video["width"]), int(video["height"]), "start")
         return [{**row, "error": f"decode failed: {type(e).__name__}: {e}"}]
 
     fps, samples = decoded.fps, decoded.samples
@@ -90,7 +92,7 @@ def score_video(path: str | Path, video: dict, cfg: CurationConfig, scorers: Sco
     ident = scorers.identity()
     rows = []
     for start, end in shots_from_cuts(cuts, decoded.num_frames):
-        row = _base_row(video, start, end, fps, decoded.width, decoded.height, kinds.get(start, "start"))
+        row = _base_row(video, start, end, decoded.times, decoded.width, decoded.height, kinds.get(start, "start"))
         row.update(clip_model=ident["clip"], caption_model=ident["caption"])
         inside = np.flatnonzero((sample_frames >= start) & (sample_frames < end))
         if len(inside) == 0:

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from curation.decode import scaled_size
+from curation.decode import displayed_size, quarter_turns, scaled_size, upright_array
 from svdpipe.config import ShardsConfig
 from svdpipe.storage import LocalStorage, Storage
 
@@ -46,20 +46,21 @@ def cut_clips(path: str | Path, clips: pd.DataFrame, cfg: ShardsConfig) -> dict[
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)
-        w, h = stream.codec_context.width, stream.codec_context.height
-        if cfg.short_side:
-            w, h = scaled_size(w, h, short_side=cfg.short_side)
-        w, h = w - w % 2, h - h % 2  # yuv420p needs even sizes
         current: list[np.ndarray] = []
         r = 0
         for index, frame in enumerate(container.decode(stream)):
+            if index == 0:  # the displayed size: a phone video stored sideways is cut upright
+                w, h = displayed_size(frame.width, frame.height, quarter_turns(frame))
+                if cfg.short_side:
+                    w, h = scaled_size(w, h, short_side=cfg.short_side)
+                w, h = w - w % 2, h - h % 2  # yuv420p needs even sizes
             while r < len(ranges) and index >= ranges[r][1]:
                 out[ranges[r][2]] = _encode(current, fps, cfg.crf) if current else b""
                 current, r = [], r + 1
             if r == len(ranges):
                 break
             if index >= ranges[r][0]:
-                current.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
+                current.append(upright_array(frame, w, h))
         if r < len(ranges) and current:
             out[ranges[r][2]] = _encode(current, fps, cfg.crf)
     return {k: v for k, v in out.items() if v}

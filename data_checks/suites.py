@@ -17,6 +17,9 @@
   Text area, aesthetics, CLIP similarity and the caption come from the sampled first/middle/last frames, which
   every shot has, so they must be present on rows with ``error == ""``; rows with an error may lack any score.
 
+``clip_failures`` (the failure gate, ``data_checks.failure_gate``): the share of clips whose scoring failed is at
+most ``max_error_fraction``.
+
 Checks that span rows (overlap, consistency, id derivation) are computed with pandas into helper boolean columns
 (``_check_*``; null where the inputs are missing or the range is invalid, which other expectations report) and
 then expected to be True by GX, so they are GX results like the rest and their failing rows are known.
@@ -36,8 +39,8 @@ from curation.clips_table import CLIP_COLUMNS, clip_id
 from curation.ingest import VIDEO_COLUMNS
 
 MAX_ROWS = 20  # offending rows shown; the counts cover all of them
-ID_COLUMNS = {"videos": ["video_id", "source_uri", "status"], "clips": ["clip_id", "video_id", "start_frame",
-                                                                       "end_frame"]}
+ID_COLUMNS = {"videos": ["video_id", "source_uri", "status"],
+              "clips": ["clip_id", "video_id", "start_frame", "end_frame"], "clip_failures": ["clip_id", "video_id"]}
 # Accepted physical dtypes per contract dtype. GX 1.24 matches pandas extension dtypes by their class name.
 TYPE_LISTS = {
     "string": ["StringDtype", "str"],  # "str": object columns, checked value by value
@@ -157,7 +160,14 @@ def _clips_suite() -> list:
     return out
 
 
-SUITES = {"videos": _videos_suite, "clips": _clips_suite}
+def _clip_failures_suite() -> list:
+    # One expectation over all rows: the share of clips whose scoring failed (a suite parameter, from config).
+    return [_expect("ExpectColumnMeanToBeBetween", "share of clips whose scoring failed <= checks.max_error_fraction",
+                    ["error"], column="_scoring_failed", min_value=0,
+                    max_value={"$PARAMETER": "max_error_fraction"})]
+
+
+SUITES = {"videos": _videos_suite, "clips": _clips_suite, "clip_failures": _clip_failures_suite}
 
 
 # ---- helper columns ----------------------------------------------------------------------------------------
@@ -211,6 +221,10 @@ def _prepare(frame: pd.DataFrame, suite_name: str) -> pd.DataFrame:
     for col in frame.columns:
         if isinstance(frame[col].dtype, pd.StringDtype) and frame[col].dtype.na_value is not pd.NA:
             frame[col] = frame[col].astype("string")
+    if suite_name == "clip_failures":
+        from data_checks.failure_gate import scoring_failed
+
+        return frame.assign(_scoring_failed=scoring_failed(frame).astype("float64"))
     return _add_clip_helpers(frame) if suite_name == "clips" else frame
 
 
@@ -280,16 +294,21 @@ def _failing_rows(frame: pd.DataFrame, suite_name: str, failing: list[tuple[dict
     return out.reset_index(drop=True)
 
 
-def validate(frame: pd.DataFrame, suite_name: str) -> ValidationOutcome:
-    """Run the named suite ("videos" or "clips") on ``frame`` with GX; never raises for bad data."""
+def validate(frame: pd.DataFrame, suite_name: str, parameters: dict | None = None) -> ValidationOutcome:
+    """Run the named suite (``SUITES``) on ``frame`` with GX; never raises for bad data. ``parameters`` fill the
+    suite's parameters (``clip_failures``: ``max_error_fraction``)."""
     if suite_name not in SUITES:
         raise ValueError(f"unknown suite {suite_name!r}; available: {', '.join(SUITES)}")
     with _LOCK:
         definition = _definitions()[suite_name]
         start = time.perf_counter()
         data = _prepare(frame, suite_name)
-        result = definition.run(batch_parameters={"dataframe": data},
+        result = definition.run(batch_parameters={"dataframe": data}, expectation_parameters=parameters,
                                 result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_ROWS})
+    for res in result.results:  # numpy scalars (a column mean) break GX's renderer and our comparisons
+        observed = (res.result or {}).get("observed_value")
+        if hasattr(observed, "item") and getattr(observed, "ndim", 1) == 0:
+            res.result["observed_value"] = observed.item()
     rendered = _render(result)
     seconds = time.perf_counter() - start
     failures, failing = [], []

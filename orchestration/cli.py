@@ -17,8 +17,10 @@ def dagster_home() -> Path:
     """``$DAGSTER_HOME``, else ``./.dagster``; created with svdpipe's instance config if new."""
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INFRA / "dagster.yaml", home / "dagster.yaml")
+    if not (home / "dagster.yaml").exists():  # copied whole or not at all: a second command may be starting too
+        part = home / f".dagster.yaml.{os.getpid()}.part"
+        shutil.copyfile(INFRA / "dagster.yaml", part)
+        os.replace(part, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -26,8 +28,14 @@ def dagster_home() -> Path:
 def _instance():
     import dagster as dg
 
+    from assets.concurrency import ensure_pool
+
     dagster_home()
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    obj = click.get_current_context().obj
+    if obj:
+        ensure_pool(instance, obj["data_root"])
+    return instance
 
 
 def _resources(ctx: click.Context) -> dict:
@@ -61,11 +69,18 @@ def _materialize(assets: list, resources: dict, instance, partition_key: str | N
                             raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}})
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed_checks or not result.success:
-        lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" for e in failed_checks]
+        lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" + (f": {e.description}" if
+                 e.description else "") + (f"\n{e.metadata['failing_videos'].value}" if "failing_videos" in
+                 e.metadata else "") for e in failed_checks]
         lines += [e.message for e in result.all_events if e.is_failure][-3:]
         raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(lines) +
                                    f"\n  details: `svdpipe ui`, run {result.run_id}")
     return result
+
+
+def _hold_data_root(ctx: click.Context, storage, purpose: str) -> None:
+    """One command at a time writes a data root; a second waits here (and says so) until the first is done."""
+    ctx.with_resource(storage.lock(purpose, on_wait=lambda msg: click.echo(msg + " ...", err=True)))
 
 
 def common_options(fn):
@@ -113,12 +128,13 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
 
     SOURCE is a folder, an s3://bucket/prefix, or a CSV/Parquet manifest with a `url` column (http(s), s3:// or
     paths). Each input is probed and accepted, or rejected with its reason; inputs already ingested are skipped,
-    and a batch interrupted earlier is resumed.
+    and a batch interrupted earlier is resumed. Manifest paths outside the manifest's folder, file:// URLs and
+    hosts on private networks (unless --set ingest.allow_private_hosts=true) are refused unread.
     """
     from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, read_table, summarize
     from assets.checks import videos_table_check
-    from svdpipe.sources import list_inputs
+    from svdpipe.sources import list_inputs, redact_uri
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -128,8 +144,9 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     except (FileNotFoundError, ValueError) as e:
         raise click.UsageError(str(e)) from e
     storage = resources["svdpipe"].storage
-    todo, new = plan_batches(storage, uris)
-    click.echo(f"{len(uris)} inputs under {source}: {len(new)} new, {len(uris) - len(new)} already known; "
+    _hold_data_root(ctx, storage, "svdpipe ingest")
+    todo, new = plan_batches(storage, uris, uris.refused)
+    click.echo(f"{len(uris)} inputs under {redact_uri(source)}: {len(new)} new, {len(uris) - len(new)} already known; "
                f"{len(todo)} batch(es) to run")
     instance = _instance()
     _register_batches(instance, todo)
@@ -159,7 +176,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     from curation.batch_scoring import read_clips_table
     from curation.curated_dataset import prefix
     from curation.ingest import is_complete, known_batches
-    from assets.checks import clips_table_check
+    from assets.checks import clips_failure_gate, clips_table_check
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -169,6 +186,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
         raise click.UsageError(f"unknown variant(s) {unknown}; configured: {', '.join(sorted(cfg.variants))}")
     resources = _resources(ctx)
     storage = resources["svdpipe"].storage
+    _hold_data_root(ctx, storage, "svdpipe curate")
     batches = [b for b in sorted(known_batches(storage)) if is_complete(storage, b)]
     if not batches:
         raise click.UsageError(f"nothing ingested under {storage.root}; run `svdpipe ingest SOURCE` first")
@@ -176,7 +194,7 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     _register_batches(instance, batches)
     for batch in batches:
         _materialize([clip_scores], resources, instance, partition_key=batch)
-    _materialize([clips, clips_table_check], resources, instance)
+    _materialize([clips, clips_table_check, clips_failure_gate], resources, instance)
     table = read_clips_table(storage)
     click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "
                f"{table['video_id'].nunique()} videos")

@@ -39,6 +39,14 @@ class IngestConfig(_Section):
     )
     download_timeout_s: float = Field(60.0, gt=0, description="per-request connect/read timeout for URL inputs")
     download_retries: int = Field(3, ge=0, description="extra attempts for a URL after a transient failure")
+    download_deadline_s: float = Field(
+        3600.0, gt=0, description="wall-clock limit of one URL download, retries included (a server trickling bytes "
+        "cannot hold a batch)"
+    )
+    allow_private_hosts: bool = Field(
+        False, description="fetch URLs whose host resolves to a loopback, private, link-local or multicast address "
+        "(refused by default: a manifest must not reach the machine's own network)"
+    )
     max_input_bytes: int = Field(8 * 1024**3, gt=0, description="inputs larger than this are rejected unread")
     min_decoded_fraction: float = Field(
         0.9, gt=0, le=1, description="a stream decoding to less than this fraction of its declared length is truncated"
@@ -283,6 +291,16 @@ class ScheduleConfig(_Section):
     retrain_variant: str = Field("svd", description="curation variant the schedule retrains on")
 
 
+class ChecksConfig(_Section):
+    """Data checks that gate the chain (data_checks/, run as blocking Dagster asset checks)."""
+
+    max_error_fraction: float = Field(
+        0.01, ge=0, le=1,
+        description="most clips whose scoring failed, as a share of the clips table, before no curated dataset is "
+        "built (a scorer bug must not become a dataset of error rows)",
+    )
+
+
 class SvdpipeConfig(_Section):
     profile: str = "tiny"
     data_root: str = "./data"
@@ -296,6 +314,7 @@ class SvdpipeConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     compute: ComputeConfig = ComputeConfig()
+    checks: ChecksConfig = ChecksConfig()
 
     def flat(self) -> dict[str, str]:
         """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""

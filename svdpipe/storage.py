@@ -3,18 +3,40 @@
 Keys are POSIX-style paths relative to the root (``metadata/videos.parquet``). Writes are atomic on both
 backends: a local write goes to a temporary file in the same folder and is renamed into place; an S3 PUT (or a
 multipart upload, completed only at the end) is never visible half-written.
+
+``Storage.lock`` makes one process at a time the writer of a data root (two ``svdpipe curate`` on one root run one
+after the other): an ``flock`` on ``<root>/.svdpipe.lock`` locally (released by the kernel if the holder dies); on
+S3 a lease object written with a conditional PUT (``If-None-Match``), renewed while held and taken over once it has
+expired. The lock is reentrant within a process, so a CLI command holding it runs its Dagster steps in-process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _CHUNK = 8 * 1024 * 1024
+LOCK_KEY = ".svdpipe.lock"  # not a data key: list() never shows it
+LEASE_S = 60.0  # an S3 lock not renewed for this long belongs to a dead holder
+
+
+class LockBusy(Exception):
+    """The data root is locked by another process and the caller chose not to wait (longer)."""
+
+
+_held: dict[str, list] = {}  # root -> [depth, release]; the process's own locks (reentrancy)
+_held_guard = threading.Lock()
 
 
 def is_s3(uri: str) -> bool:
@@ -70,6 +92,58 @@ class Storage(ABC):
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str) -> None: ...
+
+    @contextmanager
+    def lock(self, purpose: str, wait_s: float | None = None, poll_s: float = 1.0,
+             on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the data root's writer lock. Waits up to ``wait_s`` (None: for ever), telling ``on_wait`` once who
+        holds it; raises ``LockBusy`` when the wait runs out."""
+        with _held_guard:
+            mine = _held.get(self.root)
+            if mine:
+                mine[0] += 1
+        if not mine:
+            info = json.dumps({"purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
+                               "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "token": uuid.uuid4().hex})
+            end = None if wait_s is None else time.monotonic() + wait_s
+            told = False
+            while (release := self._try_lock(info)) is None:
+                holder = self._lock_holder()
+                if end is not None and time.monotonic() >= end:
+                    raise LockBusy(f"{self.root} is in use by {holder}")
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for {self.root}: in use by {holder}")
+                    told = True
+                time.sleep(poll_s)
+            with _held_guard:
+                _held[self.root] = [1, release]
+        try:
+            yield
+        finally:
+            with _held_guard:
+                entry = _held[self.root]
+                entry[0] -= 1
+                last = entry[0] == 0
+                if last:
+                    del _held[self.root]
+            if last:
+                entry[1]()
+
+    @abstractmethod
+    def _try_lock(self, info: str) -> Callable[[], None] | None:
+        """Take the lock without waiting; return its release function, or None when another process holds it."""
+
+    @abstractmethod
+    def _lock_holder(self) -> str: ...
+
+    @staticmethod
+    def _describe(text: str) -> str:
+        try:
+            h = json.loads(text)
+            return f"{h['purpose']} (pid {h['pid']} on {h['host']}, since {h['since']})"
+        except (ValueError, KeyError, TypeError):
+            return "another process"
 
     def uri(self, key: str = "") -> str:
         return self.root.rstrip("/") + ("/" + _clean_key(key) if key else "")
@@ -129,7 +203,32 @@ class LocalStorage(Storage):
                 if name.startswith(".") and name.endswith(".part"):
                     continue  # an atomic write still in flight
                 keys.append(Path(dirpath, name).relative_to(self.path).as_posix())
-        return sorted(keys)
+        return sorted(k for k in keys if k != LOCK_KEY)
+
+    def _try_lock(self, info: str) -> Callable[[], None] | None:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_KEY, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+
+        def release() -> None:
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing the descriptor releases the flock
+
+        return release
+
+    def _lock_holder(self) -> str:
+        try:
+            return self._describe((self.path / LOCK_KEY).read_text())
+        except OSError:
+            return "another process"
 
     def exists(self, key: str) -> bool:
         return self._p(key).is_file()
@@ -185,7 +284,66 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(obj["Key"][strip:] for obj in self._iter(prefix) if not obj["Key"].endswith("/"))
+        keys = (obj["Key"][strip:] for obj in self._iter(prefix) if not obj["Key"].endswith("/"))
+        return sorted(k for k in keys if k != LOCK_KEY)
+
+    def _try_lock(self, info: str) -> Callable[[], None] | None:
+        from botocore.exceptions import ClientError
+
+        key = f"{self.prefix}/{LOCK_KEY}" if self.prefix else LOCK_KEY
+
+        def body() -> bytes:
+            return json.dumps({**json.loads(info), "expires": time.time() + LEASE_S}).encode()
+
+        try:  # a conditional PUT: exactly one of several writers creates the object
+            etag = self.client.put_object(Bucket=self.bucket, Key=key, Body=body(), IfNoneMatch="*")["ETag"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+            try:
+                held = self.client.get_object(Bucket=self.bucket, Key=key)
+                expired = json.loads(held["Body"].read()).get("expires", 0) < time.time()
+            except (ClientError, ValueError):
+                return None
+            if not expired:
+                return None
+            try:  # the holder died: take its lease over, unless someone else just did
+                etag = self.client.put_object(Bucket=self.bucket, Key=key, Body=body(), IfMatch=held["ETag"])["ETag"]
+            except ClientError:
+                return None
+        state = {"etag": etag}
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LEASE_S / 4):
+                try:
+                    state["etag"] = self.client.put_object(Bucket=self.bucket, Key=key, Body=body(),
+                                                           IfMatch=state["etag"])["ETag"]
+                except ClientError:
+                    return  # lost (expired and taken over): nothing left to renew
+
+        thread = threading.Thread(target=renew, daemon=True, name="svdpipe-s3-lease")
+        thread.start()
+
+        def release() -> None:
+            stop.set()
+            thread.join()
+            try:
+                if self.client.head_object(Bucket=self.bucket, Key=key)["ETag"] == state["etag"]:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            except ClientError:
+                pass
+
+        return release
+
+    def _lock_holder(self) -> str:
+        from botocore.exceptions import ClientError
+
+        key = f"{self.prefix}/{LOCK_KEY}" if self.prefix else LOCK_KEY
+        try:
+            return self._describe(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read().decode())
+        except ClientError:
+            return "another process"
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -64,8 +64,19 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
     return out, truth
 
 
+@pytest.fixture(scope="session")
+def formats(tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny file per common video format, rotated phone and variable-frame-rate ones included
+    (tests/format_corpus.py); read-only."""
+    from format_corpus import make_format_corpus
+
+    out = tmp_path_factory.mktemp("formats")
+    return out, make_format_corpus(out)
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests) and /chunked/<file> (no length).
+    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests), /chunked/<file> (no length),
+    /trickle/<file> (one byte every 50 ms) and /redirect/<location> (302 to the rest of the path, unquoted).
 
     ``failures`` counts requests per path; each server gets its own subclass, so no count outlives its test.
     """
@@ -77,6 +88,28 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         parts = self.path.strip("/").split("/")
+        if parts[0] == "redirect":
+            from urllib.parse import unquote
+
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path.split("/redirect/", 1)[1]))
+            self.end_headers()
+            return
+        if parts[0] == "trickle":
+            import time
+
+            data = (Path(self.directory) / "/".join(parts[1:])).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the client gave up at its deadline, as the test wants
+            return
         if parts[0] == "flaky":
             n, rest = int(parts[1]), "/".join(parts[2:])
             seen = self.failures.get(self.path, 0)

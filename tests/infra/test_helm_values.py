@@ -24,7 +24,7 @@ def test_values_render_a_valid_instance_and_training_jobs(checked):
     assert location.dagsterApiGrpcArgs == ["--module-name", "orchestration.definitions"]
 
     # The queue the chart renders is the one of infra/dagster.postgres.yaml.
-    local = yaml.safe_load(DAGSTER_POSTGRES_YAML.read_text())["run_coordinator"]["config"]
+    local = yaml.safe_load(DAGSTER_POSTGRES_YAML.read_text())["concurrency"]["runs"]
     assert checked["run_coordinator"]["max_concurrent_runs"] == local["max_concurrent_runs"]
     assert checked["run_coordinator"]["tag_concurrency_limits"] == local["tag_concurrency_limits"]
     assert checked["run_tags"]["svdpipe/stage"] == "train"

@@ -112,9 +112,9 @@ def test_queued_run_coordinator_limits(deployment, pg_databases, monkeypatch):
 
     db = pg_databases("queue")
     instance = _instance(deployment, monkeypatch, db)
-    configured = yaml.safe_load(deploy.DAGSTER_POSTGRES_YAML.read_text())["run_coordinator"]["config"]
+    configured = yaml.safe_load(deploy.DAGSTER_POSTGRES_YAML.read_text())["concurrency"]["runs"]
     assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
-    queue = instance.run_coordinator.get_run_queue_config()
+    queue = instance.get_concurrency_config().run_queue_config  # what the daemon dequeues by
     assert queue.max_concurrent_runs == configured["max_concurrent_runs"] == 4
     assert list(queue.tag_concurrency_limits) == configured["tag_concurrency_limits"]
     assert {"key": "svdpipe/stage", "value": "train", "limit": 1} in queue.tag_concurrency_limits

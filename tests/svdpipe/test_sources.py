@@ -48,32 +48,38 @@ def test_manifest_without_url_column(tmp_path):
 def test_http_download(http_root, tmp_path):
     folder, base = http_root
     (folder / "v.mp4").write_bytes(b"v" * 10_000)
-    got = fetch(f"{base}/v.mp4", tmp_path / "out.mp4", max_bytes=1 << 20, timeout_s=5, retries=0)
+    got = fetch(f"{base}/v.mp4", tmp_path / "out.mp4", max_bytes=1 << 20, timeout_s=5, retries=0,
+        allow_private=True)
     assert got.read_bytes() == b"v" * 10_000
 
 
 def test_http_retries_transient_errors(http_root, tmp_path):
     folder, base = http_root
     (folder / "v.mp4").write_bytes(b"v" * 100)
-    got = fetch(f"{base}/flaky/2/v.mp4", tmp_path / "out.mp4", max_bytes=1 << 20, timeout_s=5, retries=2)
+    got = fetch(f"{base}/flaky/2/v.mp4", tmp_path / "out.mp4", max_bytes=1 << 20, timeout_s=5, retries=2,
+        allow_private=True)
     assert got.read_bytes() == b"v" * 100
     with pytest.raises(FetchError, match="after 2 attempts: HTTP 503"):
-        fetch(f"{base}/flaky/5/v.mp4", tmp_path / "o2.mp4", max_bytes=1 << 20, timeout_s=5, retries=1)
+        fetch(f"{base}/flaky/5/v.mp4", tmp_path / "o2.mp4", max_bytes=1 << 20, timeout_s=5, retries=1,
+            allow_private=True)
 
 
 def test_http_client_errors_fail_fast(http_root, tmp_path):
     _, base = http_root
     with pytest.raises(FetchError, match="HTTP 404"):
-        fetch(f"{base}/missing.mp4", tmp_path / "o.mp4", max_bytes=1 << 20, timeout_s=5, retries=3)
+        fetch(f"{base}/missing.mp4", tmp_path / "o.mp4", max_bytes=1 << 20, timeout_s=5, retries=3,
+            allow_private=True)
 
 
 def test_http_size_limit_declared_and_streamed(http_root, tmp_path):
     folder, base = http_root
     (folder / "big.mp4").write_bytes(b"b" * 50_000)
     with pytest.raises(FetchError, match="declared"):
-        fetch(f"{base}/big.mp4", tmp_path / "o.mp4", max_bytes=10_000, timeout_s=5, retries=0)
+        fetch(f"{base}/big.mp4", tmp_path / "o.mp4", max_bytes=10_000, timeout_s=5, retries=0,
+            allow_private=True)
     with pytest.raises(FetchError, match="more than 10000 bytes"):  # no Content-Length: counted while streaming
-        fetch(f"{base}/chunked/big.mp4", tmp_path / "o.mp4", max_bytes=10_000, timeout_s=5, retries=0)
+        fetch(f"{base}/chunked/big.mp4", tmp_path / "o.mp4", max_bytes=10_000, timeout_s=5, retries=0,
+            allow_private=True)
     assert not list(tmp_path.glob("o.mp4*"))
 
 
@@ -81,7 +87,8 @@ def test_unreachable_host_is_a_fetch_error(tmp_path):
     from infra.s3server import free_port
 
     with pytest.raises(FetchError, match="after 2 attempts"):
-        fetch(f"http://127.0.0.1:{free_port()}/v.mp4", tmp_path / "o.mp4", max_bytes=100, timeout_s=2, retries=1)
+        fetch(f"http://127.0.0.1:{free_port()}/v.mp4", tmp_path / "o.mp4", max_bytes=100, timeout_s=2, retries=1,
+              allow_private=True)
 
 
 def test_local_size_limit(tmp_path):
