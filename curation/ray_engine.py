@@ -19,7 +19,6 @@ dataset) runs on it.
 from __future__ import annotations
 
 import functools
-import os
 import uuid
 from collections import deque
 from contextlib import contextmanager
@@ -30,7 +29,10 @@ from svdpipe.storage import Storage
 
 SCORER_NAME = "svdpipe-scorer"
 TASK_RETRIES = 3  # per prepare task, on worker or node death
-CALL_RETRIES = 3  # per actor call, on actor death (the actor itself is always restarted)
+CALL_RETRIES = 3  # per actor call, by Ray, on actor death (the actor itself is always restarted)
+# Per batch, by the pool, once Ray's retries are spent: they come fast, while the cluster has not yet noticed that
+# a node is gone (the actor is "unavailable", not dead, and cannot be restarted). Waits double from 1 s.
+POOL_RETRIES = 6
 
 
 @contextmanager
@@ -74,11 +76,6 @@ class _Actor:
         # Refs inside a list are not resolved by Ray; fetched here, from whichever node holds (or rebuilds) them.
         return self._fn([ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in batch])
 
-    def where(self) -> dict:
-        import ray
-
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
-
 
 def map_with_actors(factory: Callable[[], Callable[[list], Any]], work: Iterable[tuple[Any, list]], *, actors: int,
                     num_gpus: float = 0.0, num_cpus: float = 1.0, name: str = "svdpipe-actor",
@@ -93,7 +90,10 @@ def map_with_actors(factory: Callable[[], Callable[[list], Any]], work: Iterable
     ``map_with_actors(functools.partial(Encoder, cfg), ((i, clips) for i, clips in enumerate(chunks)), actors=8,
     num_gpus=1)``.
     """
+    import time
+
     import ray
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
     cls = ray.remote(_Actor)
     run_id = uuid.uuid4().hex[:8]
@@ -101,8 +101,14 @@ def map_with_actors(factory: Callable[[], Callable[[list], Any]], work: Iterable
                         max_task_retries=CALL_RETRIES, scheduling_strategy="SPREAD")
             .remote(factory, max(1, int(num_cpus))) for i in range(actors)]
     try:
-        in_flight: dict = {}  # result ref -> (key, actor index)
+        in_flight: dict = {}  # result ref -> (key, batch, attempt, actor index)
         load = [0] * actors
+
+        def submit(key: Any, batch: list, attempt: int) -> None:
+            i = load.index(min(load))
+            in_flight[pool[i].run.remote(batch)] = (key, batch, attempt, i)
+            load[i] += 1
+
         work = iter(work)
         exhausted = False
         while True:
@@ -111,15 +117,21 @@ def map_with_actors(factory: Callable[[], Callable[[list], Any]], work: Iterable
                 if item is None:
                     exhausted = True
                     break
-                i = load.index(min(load))
-                in_flight[pool[i].run.remote(item[1])] = (item[0], i)
-                load[i] += 1
+                submit(item[0], item[1], 0)
             if not in_flight:
                 return
             done, _ = ray.wait(list(in_flight), num_returns=1)
-            key, i = in_flight.pop(done[0])
+            key, batch, attempt, i = in_flight.pop(done[0])
             load[i] -= 1
-            yield key, ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except (ActorUnavailableError, RayActorError):
+                if attempt >= POOL_RETRIES:
+                    raise
+                time.sleep(2**attempt)
+                submit(key, batch, attempt + 1)
+                continue
+            yield key, result
     finally:
         for actor in pool:
             ray.kill(actor)
