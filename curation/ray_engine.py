@@ -19,6 +19,7 @@ dataset) runs on it.
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from collections import deque
 from contextlib import contextmanager
@@ -211,7 +212,8 @@ def score_videos(root: Storage, todo: list[dict], version: str, batch: str, cfg:
         cfg_json, identity = cfg.model_dump_json(), model_identity(cfg)
         prepare = ray.remote(_prepare).options(num_returns=2, num_cpus=1, max_retries=TASK_RETRIES,
                                                scheduling_strategy="SPREAD")
-        groups: dict[int, list[tuple[dict, PreparedVideo]]] = {}
+        groups: dict[int, list[tuple[dict, PreparedVideo]]] = {}  # batches in flight, by key
+        keys = itertools.count()
 
         def finish(video: dict, prepared: PreparedVideo, scores: list[dict]) -> None:
             on_done(store_rows(root, video, finish_rows(prepared, scores), version, batch))
@@ -238,12 +240,14 @@ def score_videos(root: Storage, todo: list[dict], version: str, batch: str, cfg:
                 refs.append(frames_ref)
                 clips += len(prepared.scored)
                 if clips >= cfg.curation.ray_batch_clips:
-                    groups[len(groups)] = group
-                    yield len(groups) - 1, refs
+                    key = next(keys)
+                    groups[key] = group
+                    yield key, refs
                     group, refs, clips = [], [], 0
             if group:
-                groups[len(groups)] = group
-                yield len(groups) - 1, refs
+                key = next(keys)
+                groups[key] = group
+                yield key, refs
 
         actors, gpus = scorer_pool_size(cfg)
         factory = functools.partial(ScoreFrames, cfg_json, identity)

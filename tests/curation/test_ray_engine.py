@@ -26,6 +26,7 @@ from svdpipe.storage import open_storage
 # Small and quick, and the same for every engine: only where the work runs differs between the runs.
 SETTINGS = ["curation.text.long_side=128", "curation.caption.max_tokens=6", "curation.workers=1",
             "ingest.workers=1", "curation.ray_batch_clips=2"]
+pytestmark = pytest.mark.slow  # a Ray cluster and three scoring runs: minutes on a 2-core machine
 NETWORK = ["text_area_ratio", "aesthetic_score", "clip_text_similarity"]
 
 
