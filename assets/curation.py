@@ -10,7 +10,7 @@ from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated
 from assets.partitions import ingest_batches, variants
 from assets.concurrency import POOL, writes_tables
-from assets.resources import MlflowResource, SvdpipeResource
+from assets.resources import MlflowResource, RayClusterResource, SvdpipeResource
 from svdpipe.dvc_hash import dir_hash
 from svdpipe.markdown import inline_image
 
@@ -26,10 +26,12 @@ _EAGER = dg.AutomationCondition.eager()
     description="Cuts, motion, text area, CLIP aesthetics, captions and text match for one batch's accepted videos.",
 )
 @writes_tables
-def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
-    cfg = svdpipe.config
+def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource,
+                ray_cluster: RayClusterResource) -> dg.MaterializeResult:
+    cfg = svdpipe.config  # with compute.engine: ray, ray_cluster has connected this step to the cluster
     t0 = time.perf_counter()
-    frame = batch_scoring.score_batch(svdpipe.storage, context.partition_key, cfg, progress=True)
+    scored = batch_scoring.score_batch(svdpipe.storage, context.partition_key, cfg, progress=True)
+    frame = scored.clips
     failed = frame[(frame["error"] != "") & ~frame["error"].str.startswith("unscored")]
     return dg.MaterializeResult(metadata={
         "videos": int(frame["video_id"].nunique()),
@@ -37,6 +39,9 @@ def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> 
         "clips_failed": int(len(failed)),
         "clips_unscored_short": int(frame["error"].str.startswith("unscored").sum()),
         "scoring_version": batch_scoring.version_of(cfg),
+        "engine": scored.engine,
+        "nodes": scored.nodes,
+        "videos_scored_now": scored.scored_now,
         "seconds": round(time.perf_counter() - t0, 2),
         "errors": dg.MetadataValue.md(
             "\n".join(f"- `{c}`: {e}" for c, e in failed[["clip_id", "error"]].head(20).itertuples(index=False))

@@ -1,4 +1,4 @@
-"""Dagster resources: the run configuration (with its storage) and MLflow.
+"""Dagster resources: the run configuration (with its storage), MLflow, and the Ray cluster.
 
 Both are built from the same ``SvdpipeConfig`` so that the UI, schedules, sensors and the CLI read one config.
 In the UI the profile, data root and overrides come from the launchpad or the environment
@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Iterator, Optional
 
 import dagster as dg
+from dagster_ray import LocalRay
 
 from svdpipe import tracking
 from svdpipe.config import SvdpipeConfig, load_config
@@ -46,3 +47,29 @@ class MlflowResource(dg.ConfigurableResource):
             dagster_tags["dagster.partition"] = context.partition_key
         with tracking.start_run(self.svdpipe.config, run_name, {**dagster_tags, **tags}) as run:
             yield run
+
+
+class RayClusterResource(LocalRay):
+    """dagster-ray's Ray resource for the steps that spread work (``compute.engine: ray``).
+
+    It connects the step to ``compute.ray_address`` (a ``ray start --head`` cluster or a KubeRay head service) or
+    starts a local cluster, and disconnects when the step ends; the curation engine runs on that connection. With
+    ``compute.engine: local`` it does nothing, so steps never start Ray they do not use. For a cluster made per run
+    on Kubernetes, dagster-ray's ``KubeRayCluster`` takes this resource's place (the engine uses whatever
+    connection the resource opened).
+    """
+
+    svdpipe: SvdpipeResource
+
+    @property
+    def ray_address(self) -> str:  # type: ignore[override]
+        # "local", never None: None would join whatever cluster this machine started last.
+        return self.svdpipe.config.compute.ray_address or "local"
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["RayClusterResource"]:
+        if self.svdpipe.config.compute.engine != "ray":
+            yield self
+            return
+        with super().yield_for_execution(context) as resource:
+            yield resource

@@ -1,9 +1,11 @@
-"""Score the accepted videos of an ingestion batch with a pool of worker processes; build the clips table.
+"""Score the accepted videos of an ingestion batch on an engine; build the clips table.
 
-Results are written per video under ``metadata/clips/<scoring_version>/<video_id>.parquet`` as soon as the video
-is done, so a killed run resumes with the videos not scored yet and a rerun scores nothing. The scoring version
-hashes every setting and model identity that changes a score; variant thresholds are not part of it, so changing
-a threshold never recomputes a score.
+``compute.engine`` picks where the per-video work runs: ``local``, a pool of worker processes on this machine, or
+``ray``, a Ray cluster (``curation.ray_engine``). Both run the same scoring functions and write results here, per
+video under ``metadata/clips/<scoring_version>/<video_id>.parquet`` as soon as the video is done, so a killed run
+resumes with the videos not scored yet and a rerun scores nothing, whichever engine ran before. The scoring version
+hashes every setting and model identity that changes a score; variant thresholds, parallelism, batch sizes and the
+engine are not part of it, so changing them never recomputes a score.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -26,24 +31,57 @@ CLIPS_DIR = "metadata/clips"
 _worker: dict = {}
 
 
+# Settings that change how fast scores come, never what they are.
+_NOT_SCORES = {"workers": True, "ray_batch_clips": True, "ray_scorers": True,
+               **{net: {"batch_size": True} for net in ("text", "clip", "caption")}}
+
+
 def version_of(cfg: SvdpipeConfig) -> str:
-    """Everything that changes a score: the curation settings (minus parallelism) and the seed of tiny models."""
-    parts = cfg.curation.model_dump(mode="json", exclude={"workers"})
-    return scoring_version({"curation": repr(parts), "seed": cfg.seed})
+    """Everything that changes a score: the curation settings (minus parallelism), the seed of tiny models, and the
+    networks' precision when it is not float32."""
+    parts = cfg.curation.model_dump(mode="json", exclude=_NOT_SCORES)
+    version = {"curation": repr(parts), "seed": cfg.seed}
+    if cfg.compute.dtype != "float32":
+        version["dtype"] = cfg.compute.dtype
+    return scoring_version(version)
 
 
 def result_key(version: str, video_id: str) -> str:
     return f"{CLIPS_DIR}/{version}/{video_id}.parquet"
 
 
+@contextmanager
+def video_file(root: Storage, video: dict) -> Iterator[Path]:
+    """A local path to the video's stored file: in place on a local root, else a temporary download."""
+    if isinstance(root, LocalStorage):
+        yield root.local_path(video["stored_key"])
+        return
+    with tempfile.TemporaryDirectory(prefix="svdpipe-score-") as tmp:
+        path = Path(tmp) / Path(video["stored_key"]).name
+        root.download(video["stored_key"], path)
+        yield path
+
+
+def store_rows(root: Storage, video: dict, rows: list[dict], version: str, batch: str) -> str:
+    """Write one video's clip rows (what both engines do when a video is done); returns its video_id."""
+    for row in rows:
+        row.update(batch=batch, scoring_version=version)
+    ingest.write_table(root, result_key(version, video["video_id"]), to_frame(rows))
+    return video["video_id"]
+
+
+def load_scorers(cfg: SvdpipeConfig):
+    from curation.scoring import Scorers
+
+    return Scorers.load(cfg.curation, cfg.seed, cfg.compute.device, cfg.compute.dtype)
+
+
 def _init_worker(cfg_json: str, threads: int) -> None:
     import torch
 
-    from curation.scoring import Scorers
-
     torch.set_num_threads(threads)
     cfg = SvdpipeConfig.model_validate_json(cfg_json)
-    _worker.update(cfg=cfg, scorers=Scorers.load(cfg.curation, cfg.seed), root=open_storage(cfg.data_root))
+    _worker.update(cfg=cfg, scorers=load_scorers(cfg), root=open_storage(cfg.data_root))
 
 
 def _score_one(args: tuple[dict, str, str]) -> str:
@@ -52,23 +90,21 @@ def _score_one(args: tuple[dict, str, str]) -> str:
 
     video, version, batch = args
     cfg, root = _worker["cfg"], _worker["root"]
-    with tempfile.TemporaryDirectory(prefix="svdpipe-score-") as tmp:
-        if isinstance(root, LocalStorage):
-            path = root.local_path(video["stored_key"])
-        else:
-            path = Path(tmp) / Path(video["stored_key"]).name
-            root.download(video["stored_key"], path)
+    with video_file(root, video) as path:
         rows = score_video(path, video, cfg.curation, _worker["scorers"])
-    for row in rows:
-        row.update(batch=batch, scoring_version=version)
-    ingest.write_table(root, result_key(version, video["video_id"]), to_frame(rows))
-    return video["video_id"]
+    return store_rows(root, video, rows, version, batch)
 
 
-def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = True) -> pd.DataFrame:
-    """Score every accepted video of ``batch`` not scored yet under the current version; return its clips."""
-    from tqdm import tqdm
+@dataclass
+class ScoredBatch:
+    clips: pd.DataFrame  # the batch's clip rows, scored now or before
+    engine: str  # compute.engine that scored what was left to score
+    nodes: int  # machines it ran on: 1 for the local engine, the Ray cluster's alive nodes, 0 if nothing to score
+    scored_now: int  # videos scored by this call (0 on a rerun)
 
+
+def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = True) -> ScoredBatch:
+    """Score every accepted video of ``batch`` not scored yet under the current version, on ``compute.engine``."""
     version = version_of(cfg)
     table = ingest.read_table(root, ingest.batch_key(batch, "videos.parquet"))
     videos = [
@@ -76,19 +112,31 @@ def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = 
         for row in table[table["status"] == "accepted"].to_dict("records")
     ]
     todo = [v for v in videos if not root.exists(result_key(version, v["video_id"]))]
+    engine, nodes = cfg.compute.engine, 0
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(videos), initial=len(videos) - len(todo), desc=f"curate {batch} ({engine})",
+                   unit="video", disable=not progress)
+        if engine == "ray":
+            from curation import ray_engine
+
+            nodes = ray_engine.score_videos(root, todo, version, batch, cfg, on_done=lambda _: bar.update(1))
+        else:
+            nodes = 1
+            _score_in_processes(todo, version, batch, cfg, on_done=lambda _: bar.update(1))
+        bar.close()
+    return ScoredBatch(read_clips(root, version, [v["video_id"] for v in videos]), engine, nodes, len(todo))
+
+
+def _score_in_processes(todo: list[dict], version: str, batch: str, cfg: SvdpipeConfig, on_done) -> None:
     workers = max(1, min(cfg.curation.workers, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    if todo:
-        args = [(v, version, batch) for v in todo]
-        bar = tqdm(total=len(videos), initial=len(videos) - len(todo), desc=f"curate {batch}", unit="video",
-                   disable=not progress)
-        ctx = multiprocessing.get_context("spawn")  # a forked child of a threaded parent (torch, Dagster) can hang
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(cfg.model_dump_json(), threads)) as pool:
-            for _ in pool.map(_score_one, args):
-                bar.update(1)
-        bar.close()
-    return read_clips(root, version, [v["video_id"] for v in videos])
+    ctx = multiprocessing.get_context("spawn")  # a forked child of a threaded parent (torch, Dagster) can hang
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(cfg.model_dump_json(), threads)) as pool:
+        for video_id in pool.map(_score_one, [(v, version, batch) for v in todo]):
+            on_done(video_id)
 
 
 def read_clips(root: Storage, version: str, video_ids: list[str]) -> pd.DataFrame:

@@ -88,10 +88,12 @@ class LoadedModel:
     tokenizer: Any
     name: str
     device: str
+    dtype: torch.dtype = torch.float32
 
     def images_to_tensor(self, frames: list[np.ndarray]) -> torch.Tensor:
         """RGB uint8 HxWx3 frames -> a normalised batch, through the model's own open_clip preprocessing."""
-        return torch.stack([self.preprocess(Image.fromarray(_as_rgb_uint8(f))) for f in frames]).to(self.device)
+        batch = torch.stack([self.preprocess(Image.fromarray(_as_rgb_uint8(f))) for f in frames])
+        return batch.to(self.device, self.dtype)
 
 
 def _as_rgb_uint8(frame: np.ndarray) -> np.ndarray:
@@ -101,19 +103,34 @@ def _as_rgb_uint8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def load_model(model_name: str, pretrained: str | None = None, seed: int = 0, device: str = "cpu") -> LoadedModel:
-    """Build an open_clip model, once per process for the same arguments (and the same local weights file)."""
+def inference_device(device: str = "auto", dtype: str = "float32") -> tuple[str, torch.dtype]:
+    """``compute.device`` and ``compute.dtype`` as torch understands them: ``auto`` is CUDA when there is one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"compute.device={device!r} but torch sees no CUDA device here; set compute.device=cpu")
+    return device, getattr(torch, dtype)
+
+
+def load_model(model_name: str, pretrained: str | None = None, seed: int = 0, device: str = "cpu",
+               dtype: str = "float32") -> LoadedModel:
+    """Build an open_clip model, once per process for the same arguments (and the same local weights file).
+
+    ``dtype`` (float32, bfloat16, float16) is the precision of the weights and of ``images_to_tensor``'s batches;
+    random weights are drawn in float32 first, so a reduced-precision model is the float32 one rounded.
+    """
     stamp = None
     if pretrained is not None and _is_local_file(pretrained):
         pretrained = os.path.abspath(os.path.expanduser(pretrained))
         st = os.stat(pretrained)
         # A rewritten file is a different model; the stamp keeps the cache from serving the old weights.
         stamp = (st.st_mtime_ns, st.st_size)
-    return _load_model_cached(model_name, pretrained, seed, device, stamp)
+    return _load_model_cached(model_name, pretrained, seed, device, dtype, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_model_cached(model_name: str, pretrained: str | None, seed: int, device: str, _stamp) -> LoadedModel:
+def _load_model_cached(model_name: str, pretrained: str | None, seed: int, device: str, dtype: str,
+                       _stamp) -> LoadedModel:
     register_tiny_models()
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; tiny models: {sorted(TINY_MODEL_CONFIGS)}")
@@ -122,9 +139,8 @@ def _load_model_cached(model_name: str, pretrained: str | None, seed: int, devic
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=device
-            )
+            # Built on the CPU in float32 and moved after: the same seeded weights on every device and precision.
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         except RuntimeError as e:
             if pretrained is not None and not _is_local_file(pretrained):
                 raise RuntimeError(
@@ -140,11 +156,12 @@ def _load_model_cached(model_name: str, pretrained: str | None, seed: int, devic
             for module in model.modules():
                 if isinstance(module, MultimodalTransformer) and module.text_projection is not None:
                     torch.nn.init.normal_(module.text_projection, std=module.width**-0.5)
-    model.eval().requires_grad_(False)
+    model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False)
     return LoadedModel(
         model=model,
         preprocess=preprocess,
         tokenizer=open_clip.get_tokenizer(model_name),
         name=weights_label(model_name, pretrained, seed),
         device=device,
+        dtype=getattr(torch, dtype),
     )

@@ -20,10 +20,10 @@ from svdpipe.config import ClipConfig
 class ClipScorer:
     """open_clip image/text embeddings and the aesthetic head of one configured CLIP."""
 
-    def __init__(self, cfg: ClipConfig, seed: int = 0, device: str = "cpu"):
+    def __init__(self, cfg: ClipConfig, seed: int = 0, device: str = "cpu", dtype: str = "float32"):
         self.cfg = cfg
         _check_head_configured(cfg)  # before loading (maybe downloading) a large CLIP that could not be used
-        self._clip = load_model(cfg.model, cfg.pretrained, seed=seed, device=device)
+        self._clip = load_model(cfg.model, cfg.pretrained, seed=seed, device=device, dtype=dtype)
         self.name = self._clip.name
         # The embedding width differs between model classes' attributes; one empty text tells it for all.
         self.dim = int(self.embed_texts([""]).shape[1])
@@ -50,8 +50,11 @@ class ClipScorer:
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(n, d) float32 unit vectors of the texts (truncated to the model's context by its tokenizer)."""
-        tokens = self._clip.tokenizer(list(texts)).to(self._clip.device)
-        return self._clip.model.encode_text(tokens, normalize=True).float().cpu().numpy()
+        out = []
+        for i in range(0, len(texts), self.cfg.batch_size):
+            tokens = self._clip.tokenizer(list(texts[i : i + self.cfg.batch_size])).to(self._clip.device)
+            out.append(self._clip.model.encode_text(tokens, normalize=True).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
     def aesthetic(self, image_emb: np.ndarray) -> float:
         """Mean aesthetic-head score over the frames' embeddings."""
@@ -59,11 +62,27 @@ class ClipScorer:
 
     def text_similarity(self, image_emb: np.ndarray, text: str) -> float:
         """Mean cosine similarity of the frames' embeddings to the text's, in [-1, 1]."""
-        img = np.asarray(image_emb, np.float32).reshape(-1, self.dim)
-        img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+        img = _unit(np.asarray(image_emb, np.float32).reshape(-1, self.dim))
         txt = self.embed_texts([text])[0]
         # Unit vectors can give |cos| a hair above 1 in float32; the contract is [-1, 1].
         return float(np.clip(np.mean(img @ txt), -1.0, 1.0))
+
+    def clip_scores(self, clips: list[list[np.ndarray]], captions: list[str]) -> list[tuple[float, float]]:
+        """(aesthetic score, text similarity) of many clips from all their frames and captions in batched passes.
+
+        Per clip the same means as ``aesthetic`` and ``text_similarity``; the networks see frames and captions of
+        every clip together, ``cfg.batch_size`` at a time.
+        """
+        emb = self.embed_images([f for frames in clips for f in frames])
+        per_frame = aesthetic.score(self._head, emb)
+        txt = self.embed_texts(captions)
+        out, start = [], 0
+        for frames, t in zip(clips, txt):
+            e, a = emb[start : start + len(frames)], per_frame[start : start + len(frames)]
+            start += len(frames)
+            # Unit vectors can give |cos| a hair above 1 in float32; the contract is [-1, 1].
+            out.append((float(np.mean(a)), float(np.clip(np.mean(_unit(e) @ t), -1.0, 1.0))))
+        return out
 
     def scores(self, frames: list[np.ndarray], caption: str) -> dict[str, float | str]:
         """The clips-table fields from a clip's sampled frames (first, middle, last) and its caption."""
@@ -75,6 +94,9 @@ class ClipScorer:
             "aesthetic_model": self.aesthetic_name,
         }
 
+
+def _unit(emb: np.ndarray) -> np.ndarray:
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 def _check_head_configured(cfg: ClipConfig) -> None:

@@ -81,7 +81,7 @@ def craft_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_craft(path: str, device: str) -> torch.nn.Module:
+def _load_craft(path: str, device: str, dtype: str = "float32") -> torch.nn.Module:
     # Cached per process: each scoring worker pays for the md5 and the 80 MB load once, however many scorers it makes.
     from easyocr.craft import CRAFT
 
@@ -90,17 +90,18 @@ def _load_craft(path: str, device: str) -> torch.nn.Module:
     net = CRAFT(pretrained=False)
     net.load_state_dict(craft_state_dict(Path(path)), strict=True)
     # channels_last lets oneDNN run CRAFT's VGG convolutions about 1.3x faster on CPU (measured here).
-    return net.to(device).eval().to(memory_format=torch.channels_last)
+    return net.to(device, getattr(torch, dtype)).eval().to(memory_format=torch.channels_last)
 
 
 class TextAreaScorer:
     """Fraction of a frame covered by CRAFT-detected text."""
 
-    def __init__(self, cfg: TextConfig, device: str = "cpu", *, weights: Path | None = None):
+    def __init__(self, cfg: TextConfig, device: str = "cpu", *, weights: Path | None = None, dtype: str = "float32"):
         self.cfg = cfg
         self.device = device
+        self.dtype = getattr(torch, dtype)
         self.weights = Path(weights) if weights is not None else craft_weights_path()
-        self.net = _load_craft(str(self.weights.resolve()), device)
+        self.net = _load_craft(str(self.weights.resolve()), device, dtype)
         self.name = self.weights.stem  # "craft_mlt_25k"; the md5 check pins the exact file behind the name
 
     def _inputs(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, int, int]:
@@ -118,18 +119,33 @@ class TextAreaScorer:
             img = cv2.copyMakeBorder(img, 0, -nh % 32, 0, -nw % 32, cv2.BORDER_REFLECT_101)
             batch.append(normalizeMeanVariance(img))
         x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
-        return x.to(self.device).contiguous(memory_format=torch.channels_last), nh, nw
+        return x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last), nh, nw
 
     def frame_ratios(self, frames: list[np.ndarray]) -> list[float]:
-        """One text-area ratio in [0, 1] per RGB uint8 frame (all the same size), from one batched forward pass."""
+        """One text-area ratio in [0, 1] per RGB uint8 frame, ``cfg.batch_size`` frames of one size per forward pass.
+
+        Frames of many clips and videos come in one call; frames of different sizes go in separate passes (a batch
+        holds one size, and padding one frame to another's size would change its score maps).
+        """
+        by_shape: dict[tuple, list[int]] = {}
+        for i, f in enumerate(frames):
+            if f.ndim != 3 or f.shape[2] != 3:
+                raise ValueError(f"frames must be RGB HxWx3 arrays; got shape {f.shape}")
+            by_shape.setdefault(f.shape, []).append(i)
+        ratios = [0.0] * len(frames)
+        step = self.cfg.batch_size
+        for indices in by_shape.values():
+            for k in range(0, len(indices), step):
+                chunk = indices[k : k + step]
+                for i, r in zip(chunk, self._batch_ratios([frames[i] for i in chunk])):
+                    ratios[i] = r
+        return ratios
+
+    def _batch_ratios(self, frames: list[np.ndarray]) -> list[float]:
+        """Ratios of same-size frames from one forward pass."""
         from easyocr.craft_utils import getDetBoxes
 
-        if not frames:
-            return []
-        shape = frames[0].shape
-        if len(shape) != 3 or shape[2] != 3 or any(f.shape != shape for f in frames):
-            raise ValueError(f"frames must be RGB HxWx3 arrays of one size; got {[f.shape for f in frames]}")
-        h, w = shape[:2]
+        h, w = frames[0].shape[:2]
         x, nh, nw = self._inputs(frames)
         with torch.inference_mode():
             maps, _ = self.net(x)  # (B, H/2, W/2, 2): region score, affinity (link) score

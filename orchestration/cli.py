@@ -39,14 +39,15 @@ def _instance():
 
 
 def _resources(ctx: click.Context) -> dict:
-    from assets.resources import MlflowResource, SvdpipeResource
+    from assets.resources import MlflowResource, RayClusterResource, SvdpipeResource
 
     obj = ctx.obj
     res = SvdpipeResource(profile=obj["profile"], data_root=obj["data_root"], overrides=list(obj["overrides"]),
                           params_file=obj["params_file"])
     import dagster as dg
 
-    return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res), "ray_cluster": RayClusterResource(svdpipe=res),
+            "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def _register_batches(instance, batches: list[str]) -> None:
@@ -193,7 +194,11 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     instance = _instance()
     _register_batches(instance, batches)
     for batch in batches:
-        _materialize([clip_scores], resources, instance, partition_key=batch)
+        result = _materialize([clip_scores], resources, instance, partition_key=batch)
+        meta = result.asset_materializations_for_node("clip_scores")[0].metadata
+        if meta["videos_scored_now"].value:
+            click.echo(f"batch {batch}: scored {meta['videos_scored_now'].value} video(s) on the "
+                       f"{meta['engine'].value} engine, {meta['nodes'].value} node(s)")
     _materialize([clips, clips_table_check, clips_failure_gate], resources, instance)
     table = read_clips_table(storage)
     click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets import curation, evaluation, ingestion, training
 from assets.checks import asset_checks
-from assets.resources import MlflowResource, SvdpipeResource
+from assets.resources import MlflowResource, RayClusterResource, SvdpipeResource
 from orchestration.schedules import retrain_finetune, retrain_schedule, train_variant
 from orchestration.sensors import new_videos_sensor
 
@@ -19,6 +19,7 @@ defs = dg.Definitions(
     resources={
         "svdpipe": _svdpipe,
         "mlflow": MlflowResource(svdpipe=_svdpipe),
+        "ray_cluster": RayClusterResource(svdpipe=_svdpipe),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     },
 )

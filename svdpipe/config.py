@@ -107,6 +107,7 @@ class TextConfig(_Section):
     low_text: float = Field(
         0.4, gt=0, lt=1, description="CRAFT region score bounding a text component's extent (easyocr: 0.4)"
     )
+    batch_size: int = Field(16, ge=1, description="frames (of one size, from many clips) per CRAFT forward pass")
 
 
 class ClipConfig(_Section):
@@ -139,10 +140,19 @@ class CaptionConfig(_Section):
     )
     min_tokens: int = Field(4, ge=1, description="shortest caption in BPE tokens: no end token before this many")
     num_beams: int = Field(3, ge=1, description="beam-search width of the CoCa decoder (1: greedy)")
+    batch_size: int = Field(16, ge=1, description="clips captioned in one batched beam search")
 
 
 class CurationConfig(_Section):
-    workers: int = Field(2, ge=1, description="processes scoring videos in parallel within one partition")
+    workers: int = Field(2, ge=1, description="processes scoring videos in parallel within one partition (local engine)")
+    ray_batch_clips: int = Field(
+        64, ge=1, description="ray engine: clips of many videos a scorer actor takes per call (its networks then "
+        "run text/clip/caption batch_size frames at a time)",
+    )
+    ray_scorers: int | None = Field(
+        None, ge=1, description="ray engine: scorer actors (each loads every network once); None: one per GPU of "
+        "the cluster, or on a cluster without GPUs one per 4 CPUs",
+    )
     sample_fps: float = Field(2.0, gt=0, description="rate of the frames kept for motion, text, CLIP and captions")
     score_short_side: int = Field(256, ge=32, description="short side of the kept frames")
     cuts: CutsConfig = CutsConfig()

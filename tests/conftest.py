@@ -56,6 +56,38 @@ def bucket(s3) -> str:
     return name
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (head + one worker node), the test process its driver.
+
+    Small on purpose (the machine is shared): a few logical CPUs per node, 128 MB object stores, no dashboard, and
+    its own temporary folder (short, for Ray's socket paths), so ``ray.init()`` elsewhere never finds it.
+    """
+    import shutil
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix="ray-")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    node = dict(num_cpus=3, object_store_memory=128 << 20)
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    ray.init(address=cluster.address, logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> tuple[Path, dict]:
     """A small labelled corpus (3 videos, 6 broken inputs) shared by read-only tests."""

@@ -64,15 +64,25 @@ def test_caption_comes_from_the_middle_frame():
         coca.caption([])
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_a_batch_of_clips_gets_the_captions_each_gets_alone(beams):
+    """Batched beam search (many clips per decode, images leaving as they finish) is each clip's own search."""
+    coca = CocaCaptioner(SHORT.model_copy(update={"num_beams": beams, "batch_size": 3}), seed=0)
+    clips = [[f] for seed in (1, 2, 3, 4) for f in _frames(seed)]  # 12 clips: four batches of three
+    batched = coca.captions(clips)
+    assert batched == [coca.caption(c) for c in clips]
+    assert len(set(batched)) > 1  # different images, different captions: the comparison is not vacuous
+
+
 @pytest.mark.parametrize("beams", [1, 4])
 def test_caption_length_limits_hold(beams):
     image = CocaCaptioner(SHORT, seed=3)._coca.images_to_tensor([_frames(3)[1]])
     exact = CocaCaptioner(CaptionConfig(min_tokens=6, max_tokens=6, num_beams=beams), seed=3)
-    ids = exact._decode(image)
+    ids = exact._decode(image)[0]
     assert len(ids) == 6
     assert not {exact._sot, exact._eot, exact._pad} & set(ids)
     loose = CocaCaptioner(CaptionConfig(min_tokens=2, max_tokens=9, num_beams=beams), seed=3)
-    assert 2 <= len(loose._decode(image)) <= 9
+    assert 2 <= len(loose._decode(image)[0]) <= 9
     with pytest.raises(ValueError, match="min_tokens"):
         CocaCaptioner(CaptionConfig(min_tokens=10, max_tokens=5))
 

@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+import torch
 
 from curation.scoring import away_from_fades, first_middle_last
 
@@ -31,3 +33,35 @@ def test_a_video_that_fails_to_decode_is_recorded_not_raised(tmp_path, corpus):
                                        "width": t["width"], "height": t["height"]}, cfg.curation, scorers)
     assert good[0]["start_frame"] == 0 and good[-1]["end_frame"] == t["num_frames"]
     assert all(r["error"] == "" or r["error"].startswith("unscored") for r in good)
+
+
+# Reduced precision against float32, per score: bf16 keeps ~3 significant digits, so a CLIP cosine moves by a few
+# 1e-3 and a CRAFT region score near a threshold can move a box edge by a pixel (a few 1e-3 of a frame).
+PRECISION_TOLERANCE = {"text_area_ratio": 5e-3, "aesthetic_score": 1e-3, "clip_text_similarity": 5e-3}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_scores_match_float32_within_tolerance(corpus, dtype, one_torch_thread):
+    from curation.scoring import Scorers, prepare_video, score_clips
+    from svdpipe.config import load_config
+
+    cfg = load_config("tiny", environ={}).curation
+    fp32, low = Scorers.load(cfg, 0), Scorers.load(cfg, 0, "cpu", dtype)
+    assert low.clip._clip.dtype == getattr(torch, dtype) and next(low.text.net.parameters()).dtype == low.clip._clip.dtype
+    folder, truth = corpus
+    clips = []
+    for name, t in truth["videos"].items():
+        video = {"video_id": name, **{k: t[k] for k in ("fps", "num_frames", "width", "height")}}
+        clips += prepare_video(folder / name, video, cfg, fp32.identity()).frames
+    want = score_clips(clips, fp32)
+    frames = [f for c in clips for f in c]
+    text = np.abs(np.subtract(low.text.frame_ratios(frames), fp32.text.frame_ratios(frames)))
+    assert text.max() <= PRECISION_TOLERANCE["text_area_ratio"]
+    assert max(r["text_area_ratio"] for r in want) > 0.05  # text was found: the comparison covers real detections
+    captions = [r["caption"] for r in want]  # the same captions, so the similarity compares the image tower
+    looks = np.array(low.clip.clip_scores(clips, captions)) - [(r["aesthetic_score"], r["clip_text_similarity"])
+                                                              for r in want]
+    assert np.abs(looks[:, 0]).max() <= PRECISION_TOLERANCE["aesthetic_score"]
+    assert np.abs(looks[:, 1]).max() <= PRECISION_TOLERANCE["clip_text_similarity"]
+    # Captions are words, not scores: a near-tie between two tokens may break the other way in reduced precision.
+    assert sum(a == b for a, b in zip(low.captioner.captions(clips), captions)) >= len(clips) // 2

@@ -69,8 +69,18 @@ def test_blank_frames_have_no_text(scorer):
     assert scorer.frame_ratios([]) == []
     with pytest.raises(ValueError, match="no frames"):
         scorer.score([])
-    with pytest.raises(ValueError, match="one size"):
-        scorer.frame_ratios([black, np.zeros((H, W + 32, 3), np.uint8)])
+    with pytest.raises(ValueError, match="RGB"):
+        scorer.frame_ratios([black, np.zeros((H, W), np.uint8)])
+
+
+def test_frames_of_many_sizes_score_as_they_would_alone(scorer):
+    """One call takes frames of many clips and videos (what a batched scorer gets); sizes never mix in a batch."""
+    text = _shot_frames(SEEDS[0], text=True)[0][:2]
+    small = [np.ascontiguousarray(f[::2, ::2]) for f in text]
+    mixed = scorer.frame_ratios([text[0], small[0], text[1], small[1]])
+    alone = scorer.frame_ratios(text) + scorer.frame_ratios(small)
+    np.testing.assert_allclose(mixed, [alone[0], alone[2], alone[1], alone[3]], atol=1e-6)
+    assert min(mixed) > 0.01  # text found at both sizes: the test compares real detections
 
 
 def test_loads_the_published_weights(scorer):

@@ -29,6 +29,7 @@ def test_curate_scores_once_and_builds_every_variant(where, small_corpus, cli, t
         cli.env.update(request.getfixturevalue("s3").env)
     cli("ingest", str(folder), "--data-root", root_uri)
     out = cli("curate", "--data-root", root_uri).stdout
+    assert f"scored {len(truth['videos'])} video(s) on the local engine, 1 node(s)" in out
     root = open_storage(root_uri)
     clips = pd.read_parquet(io.BytesIO(root.read_bytes("metadata/clips.parquet")))
     assert clips["video_id"].nunique() == len(truth["videos"])
