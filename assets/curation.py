@@ -7,7 +7,7 @@ import dagster as dg
 from PIL import Image
 
 from assets.ingestion import ingested_batch, videos
-from curation import batch_scoring, curated_dataset as curated
+from curation import batch_scoring, curated_dataset as curated, dedup, ingest
 from assets.partitions import ingest_batches, variants
 from assets.concurrency import POOL, writes_tables
 from assets.resources import MlflowResource, RayClusterResource, SvdpipeResource
@@ -58,10 +58,15 @@ def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource,
 )
 @writes_tables
 def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
-    frame = batch_scoring.consolidate(svdpipe.storage, svdpipe.config)
-    preview = frame.drop(columns=["motion_series", "text_area_per_frame", "score_frames"]).head(15)
+    cfg = svdpipe.config
+    frame, embedded = dedup.mark_table(batch_scoring.consolidate(svdpipe.storage, cfg), cfg.dedup)
+    ingest.write_table(svdpipe.storage, batch_scoring.CLIPS_KEY, frame)
+    preview = frame.drop(columns=["motion_series", "text_area_per_frame", "score_frames", "image_embedding",
+                                  "thumbnail_embedding"], errors="ignore").head(15)
     return dg.MaterializeResult(metadata={
         "clips": int(len(frame)),
+        "near_duplicates": int(frame["duplicate_of"].notna().sum()),
+        "dedup": f"{cfg.dedup.embedding} embeddings of {embedded} clips, cosine distance <= {cfg.dedup.max_distance}",
         "videos": int(frame["video_id"].nunique()),
         "hours": round(float(frame["duration_s"].sum()) / 3600, 4),
         "path": dg.MetadataValue.path(svdpipe.storage.uri(batch_scoring.CLIPS_KEY)),

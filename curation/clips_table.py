@@ -30,12 +30,15 @@ CLIP_COLUMNS: dict[str, str] = {
     "aesthetic_score": "float64",
     "clip_text_similarity": "float64",  # cosine, -1..1, frames vs caption
     "caption": "string",
+    "duplicate_of": "string",  # clip_id of an earlier clip this one nearly duplicates (curation/dedup.py), else null
     # additions
     "num_frames": "int64",
     "cut_in": "string",  # how the clip starts: "start" (of the video), "hard" or "fade"
     "motion_series": "object",  # list[float]: flow magnitude per sample step inside the clip
     "text_area_per_frame": "object",  # list[float]: first, middle, last
     "score_frames": "object",  # list[int]: source frame indices of the first, middle and last sampled frames
+    "image_embedding": "object",  # list[float]: unit mean CLIP image embedding of the scored frames
+    "thumbnail_embedding": "object",  # list[float]: perceptual embedding of the scored frames (curation/dedup.py)
     "caption_model": "string",
     "clip_model": "string",
     "scoring_version": "string",  # hash of everything that changes a score; a new one means rescoring

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pandas as pd
+
 from curation import ingest
 from curation.batch_scoring import read_clips_table
 from curation.plots import score_histograms
-from curation.shards import write_shards
+from curation.shards import encode_clips, prune_encoded, write_shards
 from curation.variants import Selection, select
 from svdpipe.config import SvdpipeConfig
 from svdpipe.storage import Storage
@@ -40,7 +42,13 @@ def build(root: Storage, variant: str, cfg: SvdpipeConfig, progress: bool = True
     rebuild = not shards or {k: previous.get(k) for k in ("clip_ids_sha1", "shards_config")} != {
         k: summary[k] for k in ("clip_ids_sha1", "shards_config")}
     if rebuild:
-        shards = write_shards(root, f"{base}/shards", sel.kept, ingest.read_table(root), cfg.shards, progress)
+        videos = ingest.read_table(root)
+        # Every configured variant's clips in one pass, each encoded once: the other variants then only assemble tars.
+        union = pd.concat([select(clips, v, cfg.variants[v]).kept for v in sorted(cfg.variants)])
+        union = union.drop_duplicates("clip_id")
+        encode_clips(root, union, videos, cfg.shards, progress)
+        shards = write_shards(root, f"{base}/shards", sel.kept, videos, cfg.shards, progress)
+        prune_encoded(root, set(union["clip_id"]), cfg.shards)
     summary["shards"] = shards
     png = score_histograms(clips, sel)
     ingest.write_table(root, f"{base}/selection.parquet", sel.kept)

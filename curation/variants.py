@@ -73,6 +73,11 @@ def select(clips: pd.DataFrame, name: str, variant: VariantConfig) -> Selection:
     pool = clips[usable(clips, variant)]
     keep = pd.Series(True, index=pool.index)
     thresholds, kept_by = {}, {}
+    if variant.drop_duplicates:
+        # A copy goes, the clip it copies stays (dedup marks only the later one of a pair).
+        unique = pool["duplicate_of"].isna() if "duplicate_of" in pool else pd.Series(True, index=pool.index)
+        kept_by["not_duplicate"] = int(unique.sum())
+        keep &= unique
     for flt in variant.filters:
         bounds = resolve(pool[flt.score], flt)
         ok = passes(pool[flt.score], bounds)

@@ -12,7 +12,8 @@
   ``start_s`` >= 0, ``duration_s``/``fps`` > 0, ``width``/``height`` >= 1, ``num_frames`` >= 1; durations
   consistent (``num_frames`` = ``end_frame - start_frame``, ``duration_s`` = ``end_s - start_s`` within 1 ms and
   = ``num_frames / fps`` within one frame); no two clips of a video overlap; ``text_area_ratio`` in [0, 1],
-  ``clip_text_similarity`` in [-1, 1], ``motion_score`` >= 0; ``error`` never null.
+  ``clip_text_similarity`` in [-1, 1], ``motion_score`` >= 0; ``error`` never null; ``duplicate_of``, where
+  set, names another clip of the table that comes earlier (by video id, then start frame).
   NaN policy (decided here): motion may be NaN on any row (a shot shorter than two 2-fps samples has no flow).
   Text area, aesthetics, CLIP similarity and the caption come from the sampled first/middle/last frames, which
   every shot has, so they must be present on rows with ``error == ""``; rows with an error may lack any score.
@@ -143,6 +144,8 @@ def _clips_suite() -> list:
                 column="_check_durations", value_set=[True]),
         _expect("ExpectColumnValuesToBeInSet", "no overlapping clips within a video", frames,
                 column="_check_no_overlap", value_set=[True]),
+        _expect("ExpectColumnValuesToBeInSet", "duplicate_of names an earlier clip", ["clip_id", "duplicate_of"],
+                column="_check_duplicate_of", value_set=[True]),
         _expect("ExpectColumnValuesToBeBetween", "num_frames >= 1", column="num_frames", min_value=1),
         _expect("ExpectColumnValuesToBeBetween", "text_area_ratio in [0, 1]", column="text_area_ratio",
                 min_value=0, max_value=1),
@@ -198,7 +201,8 @@ def _add_clip_helpers(frame: pd.DataFrame) -> pd.DataFrame:
     # Missing or non-numeric inputs: the column-set and type expectations report them; the helpers abstain.
     if not {"clip_id", "video_id", *numbers} <= set(f.columns) or not all(
             pd.api.types.is_numeric_dtype(f[c]) for c in numbers):
-        return f.assign(_check_clip_id=pd.NA, _check_durations=pd.NA, _check_no_overlap=pd.NA)
+        return f.assign(_check_clip_id=pd.NA, _check_durations=pd.NA, _check_no_overlap=pd.NA,
+                        _check_duplicate_of=pd.NA)
     ids = f[["video_id", "start_frame", "end_frame"]].notna().all(axis=1)
     valid = ids & (f["end_frame"] > f["start_frame"]).fillna(False)
     expected_id = [clip_id(v, int(s), int(e)) if ok else None
@@ -210,7 +214,20 @@ def _add_clip_helpers(frame: pd.DataFrame) -> pd.DataFrame:
                   & ((f["end_s"] - f["start_s"] - f["duration_s"]).abs() <= 1e-3)
                   & ((f["duration_s"] - f["num_frames"] / fps).abs() <= 1.0 / fps + 1e-6)).fillna(False)
     return f.assign(_check_clip_id=_flag(f, ids, id_ok), _check_durations=_flag(f, times, consistent),
-                    _check_no_overlap=_no_overlap(f, valid))
+                    _check_no_overlap=_no_overlap(f, valid), _check_duplicate_of=_duplicate_of_earlier(f))
+
+
+def _duplicate_of_earlier(frame: pd.DataFrame) -> pd.Series:
+    """True where ``duplicate_of`` names a clip that comes before this one in the table's order; null where unset."""
+    if "duplicate_of" not in frame:
+        return pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    order = frame.sort_values(["video_id", "start_frame"], kind="stable")
+    position = pd.Series(range(len(order)), index=order["clip_id"].astype(object).to_numpy())
+    position = position[~position.index.duplicated()]
+    marked = frame["duplicate_of"].notna()
+    target = frame["duplicate_of"].astype(object).map(position)
+    own = frame["clip_id"].astype(object).map(position)
+    return _flag(frame, marked, (target < own).fillna(False))
 
 
 def _prepare(frame: pd.DataFrame, suite_name: str) -> pd.DataFrame:

@@ -177,6 +177,7 @@ class VariantConfig(_Section):
 
     description: str = ""
     min_duration_s: float = Field(1.0, ge=0, description="shorter clips are not usable for training")
+    drop_duplicates: bool = Field(False, description="drop clips marked duplicate_of an earlier clip (dedup section)")
     filters: tuple[ScoreFilter, ...] = ()
 
 
@@ -186,7 +187,9 @@ def _default_variants() -> dict[str, VariantConfig]:
     return {
         "uncurated": VariantConfig(description="every usable clip (long enough, scored)"),
         "svd": VariantConfig(
-            description="SVD's curation: drop static, text-heavy, unaesthetic and poorly captioned clips",
+            description="SVD's curation: drop near-duplicates and static, text-heavy, unaesthetic and poorly "
+            "captioned clips",
+            drop_duplicates=True,
             filters=(
                 ScoreFilter(score="motion_score", drop_lowest_pct=25),
                 ScoreFilter(score="text_area_ratio", drop_highest_pct=25, max=0.07),
@@ -203,6 +206,19 @@ class ShardsConfig(_Section):
     max_clips_per_shard: int = Field(256, ge=1)
     short_side: int | None = Field(None, ge=16, description="resize clips to this short side; None keeps the source")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the re-encoded clips (lower is better)")
+    workers: int = Field(2, ge=1, description="threads encoding clips in parallel, one source video each")
+
+
+class DedupConfig(_Section):
+    """Near-duplicate clips (NeMo Curator's semantic dedup), marked when the clips table is gathered."""
+
+    embedding: Literal["clip", "thumbnail"] = Field(
+        "clip", description="clip: mean CLIP image embedding of the first/middle/last frame; thumbnail: a "
+        "perceptual 4x4 colour-thumbnail embedding (for random tiny CLIPs, which cannot tell shots apart)",
+    )
+    max_distance: float = Field(
+        0.05, ge=0, lt=2, description="cosine distance at or below which a clip duplicates an earlier one",
+    )
 
 
 class MlflowConfig(_Section):
@@ -319,6 +335,7 @@ class SvdpipeConfig(_Section):
     curation: CurationConfig = CurationConfig()
     variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
     shards: ShardsConfig = ShardsConfig()
+    dedup: DedupConfig = DedupConfig()
     mlflow: MlflowConfig = MlflowConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()

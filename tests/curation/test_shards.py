@@ -8,7 +8,7 @@ import pytest
 
 from curation import ingest
 from curation.clips_table import clip_id, to_frame
-from curation.shards import cut_clips, write_shards
+from curation.shards import cut_clips, encode_clips, prune_encoded, write_shards
 from svdpipe.config import IngestConfig, ShardsConfig
 from svdpipe.sources import list_inputs
 from svdpipe.storage import open_storage
@@ -82,6 +82,11 @@ def test_shards_hold_every_kept_clip(ingested):
         assert meta["clip_id"] == cid and parts["txt"].decode() == meta["caption"]
         frames = _frames(parts["mp4"])
         assert len(frames) == meta["num_frames"] and frames[0].shape[0] == 72
+
+    # Another variant's shards reuse the encoded clips: nothing is encoded twice.
+    assert encode_clips(root, clips.head(3), videos, ShardsConfig(max_clips_per_shard=2, short_side=72),
+                        progress=False)["clips_encoded"] == 0
+    assert prune_encoded(root, set(clips["clip_id"].head(3)), ShardsConfig(short_side=72)) == len(clips) - 3
 
     # A smaller selection replaces the shards; none of the old ones is left behind.
     keys2 = write_shards(root, "curated/x/shards", clips.head(2), videos, ShardsConfig(max_clips_per_shard=4),

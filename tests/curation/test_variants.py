@@ -45,7 +45,8 @@ def test_svd_variant_applies_every_filter_to_the_same_pool():
     clips = _clips(400, seed=1)
     cfg = load_config("tiny", environ={})
     sel = select(clips, "svd", cfg.variants["svd"])
-    assert set(sel.kept_by_filter) == {"motion_score", "text_area_ratio", "aesthetic_score", "clip_text_similarity"}
+    assert set(sel.kept_by_filter) == {"not_duplicate", "motion_score", "text_area_ratio", "aesthetic_score",
+                                       "clip_text_similarity"}
     assert sel.kept_by_filter["motion_score"] == pytest.approx(0.75 * sel.pool, abs=2)
     assert sel.kept_by_filter["clip_text_similarity"] == pytest.approx(0.5 * sel.pool, abs=2)
     assert len(sel.kept) <= min(sel.kept_by_filter.values())
@@ -67,3 +68,15 @@ def test_fingerprint_tracks_selection():
     b = select(clips, "a", VariantConfig(min_duration_s=0, filters=(ScoreFilter(score="motion_score", min=10),)))
     c = select(clips, "a", VariantConfig(min_duration_s=0, filters=(ScoreFilter(score="motion_score", min=20),)))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_drop_duplicates_drops_the_later_copy_only():
+    clips = _clips(10)
+    clips.loc[4, "duplicate_of"] = clips.at[1, "clip_id"]
+    clips.loc[7, "duplicate_of"] = clips.at[1, "clip_id"]
+    sel = select(clips, "d", VariantConfig(min_duration_s=0, drop_duplicates=True))
+    assert sel.kept_by_filter["not_duplicate"] == 8 and len(sel.kept) == 8
+    assert clips.at[1, "clip_id"] in set(sel.kept["clip_id"])
+    assert not {clips.at[4, "clip_id"], clips.at[7, "clip_id"]} & set(sel.kept["clip_id"])
+    assert len(select(clips, "u", VariantConfig(min_duration_s=0)).kept) == 10
+    assert load_config("tiny", environ={}).variants["svd"].drop_duplicates

@@ -159,3 +159,18 @@ def test_suites_are_built_once_and_unknown_names_refused(clips_frame):
     assert suites._definitions() is suites._definitions()
     with pytest.raises(ValueError, match="unknown suite"):
         validate(clips_frame, "nope")
+
+
+def test_duplicate_of_must_name_an_earlier_clip(clips_frame):
+    ids = clips_frame["clip_id"]
+    good = clips_frame.copy()
+    good.loc[1, "duplicate_of"] = ids[0]  # a later clip of the same video copies an earlier one
+    good.loc[3, "duplicate_of"] = ids[2]  # across videos: vid_b comes after vid_a
+    assert validate(good, "clips").success
+    bad = good.copy()
+    bad.loc[0, "duplicate_of"] = ids[1]  # points forward
+    bad.loc[4, "duplicate_of"] = ids[4]  # itself
+    bad.loc[5, "duplicate_of"] = "vid_x-0000000-0000010"  # no such clip
+    outcome = validate(bad, "clips")
+    assert not outcome.success
+    assert _rows_by_label(outcome)["duplicate_of names an earlier clip"] == {0, 4, 5}

@@ -17,6 +17,16 @@ def small_corpus(tmp_path_factory):
     return out, truth
 
 
+def _shard_mp4s(root, keys):
+    import tarfile
+
+    out = {}
+    for key in keys:
+        with tarfile.open(fileobj=io.BytesIO(root.read_bytes(key))) as tar:
+            out.update({m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".mp4")})
+    return out
+
+
 def _results(root):
     return {k: root.size(k) for k in root.list("metadata/clips") if k.endswith(".parquet")}
 
@@ -42,7 +52,15 @@ def test_curate_scores_once_and_builds_every_variant(where, small_corpus, cli, t
     svd = json.loads(root.read_text("curated/svd/selection.json"))
     uncurated = json.loads(root.read_text("curated/uncurated/selection.json"))
     assert svd["clips_kept"] < uncurated["clips_kept"] == uncurated["clips_usable"]
-    assert set(svd["kept_by_filter"]) == {"motion_score", "text_area_ratio", "aesthetic_score", "clip_text_similarity"}
+    assert set(svd["kept_by_filter"]) == {"not_duplicate", "motion_score", "text_area_ratio", "aesthetic_score",
+                                          "clip_text_similarity"}
+    assert "duplicate_of" in clips
+    # Each clip was encoded once for both variants: the shards of both hold the same bytes of a shared clip.
+    encoded = [k for k in root.list("encoded_clips") if k.endswith(".mp4")]
+    assert len(encoded) == uncurated["clips_kept"]
+    mp4s = {v: _shard_mp4s(root, json.loads(root.read_text(f"curated/{v}/selection.json"))["shards"])
+            for v in ("svd", "uncurated")}
+    assert mp4s["svd"] and all(mp4s["uncurated"][c] == data for c, data in mp4s["svd"].items())
 
     # A rerun scores nothing; a changed threshold re-selects without rescoring.
     scored = _results(root)
