@@ -6,6 +6,7 @@ import time
 import dagster as dg
 from PIL import Image
 
+from assets import guards
 from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated
 from assets.partitions import ingest_batches, variants
@@ -45,9 +46,10 @@ def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> 
     deps=[clip_scores, videos],
     group_name="curation",
     automation_condition=_EAGER,
-    description="metadata/clips.parquet: every detected shot of every accepted video, with all its scores.",
+    description="`metadata/clips.parquet`: every detected shot of every accepted video, with all its scores.",
 )
 def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
+    guards.accepted_videos(svdpipe.storage)
     frame = batch_scoring.consolidate(svdpipe.storage, svdpipe.config)
     preview = frame.drop(columns=["motion_series", "text_area_per_frame", "score_frames"]).head(15)
     return dg.MaterializeResult(metadata={
@@ -65,12 +67,14 @@ def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     group_name="curation",
     # Blocking checks on `clips` (data_checks) must pass before a curated dataset is built from it.
     automation_condition=_EAGER & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-    description="curated/<variant>/: the selected clip ids with thresholds, histograms, WebDataset shards.",
+    description="`curated/<variant>/`: the selected clip ids with thresholds, histograms, WebDataset shards; fails on "
+    "a missing or empty clips table and on 0 clips kept (unless `variants.<variant>.allow_empty`).",
 )
 def curated_dataset(
     context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    guards.clips_to_select(svdpipe.storage, variant, svdpipe.config)
     built = curated.build(svdpipe.storage, variant, svdpipe.config, progress=True)
     dvc = dir_hash(svdpipe.storage, curated.prefix(variant))
     sel = built.selection

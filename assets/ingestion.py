@@ -17,7 +17,7 @@ def _reasons_markdown(frame) -> str:
 @dg.asset(
     partitions_def=ingest_batches,
     group_name="ingestion",
-    description="One batch of inputs: each fetched, hashed, probed with PyAV, stored under raw/ or quarantine/.",
+    description="One batch of inputs: each fetched, hashed, probed with PyAV, stored under `raw/` or `quarantine/`.",
 )
 def ingested_batch(
     context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, mlflow: MlflowResource
@@ -45,7 +45,7 @@ def ingested_batch(
     deps=[ingested_batch],
     group_name="ingestion",
     automation_condition=dg.AutomationCondition.eager(),
-    description="metadata/videos.parquet: one row per input of every batch, accepted or rejected with a reason.",
+    description="`metadata/videos.parquet`: one row per input of every batch, accepted or rejected with a reason.",
 )
 def videos(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     frame = ingest.consolidate(svdpipe.storage)
