@@ -1,0 +1,56 @@
+"""Dagster resources: the run configuration (with its storage) and MLflow.
+
+Both are built from the same ``SvdpipeConfig`` so that the UI, schedules, sensors and the CLI read one config.
+The code location fills the profile, data root and params file with the resolved ones (project settings, then
+environment; ``orchestration.definitions``), so the launchpad shows what a run will read; the CLI passes its own.
+"""
+
+
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Iterator, Optional
+
+import dagster as dg
+
+from svdpipe import tracking
+from svdpipe.config import SvdpipeConfig, load_config
+from svdpipe.storage import Storage, open_storage
+
+
+class SvdpipeResource(dg.ConfigurableResource):
+    """The resolved run configuration and the storage of its data root."""
+
+    profile: Optional[str] = None
+    data_root: Optional[str] = None
+    overrides: list[str] = []
+    params_file: Optional[str] = None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # MLflow runs opened while this run executes (evaluation, comparison) become children of its parent run.
+        tracking.set_pipeline_run(context.dagster_run.run_id if context.dagster_run else None)
+
+    @cached_property
+    def config(self) -> SvdpipeConfig:
+        return load_config(self.profile, self.data_root, self.overrides, params_file=self.params_file)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.config.data_root)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Opens MLflow runs tagged with the Dagster run, asset and partition that produced them."""
+
+    svdpipe: SvdpipeResource
+
+    @contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, run_name: str, **tags: str) -> Iterator:
+        dagster_tags = {"dagster.run_id": context.run.run_id, "dagster.asset": context.asset_key.to_user_string()}
+        if context.has_partition_key:
+            dagster_tags["dagster.partition"] = context.partition_key
+        cfg = self.svdpipe.config
+        with tracking.start_run(cfg, run_name, {**dagster_tags, **tags}) as run:
+            url = tracking.run_url(cfg, run.info.experiment_id, run.info.run_id)
+            if url:  # a link in the asset's metadata when the store is a server with a web UI
+                context.add_asset_metadata({"mlflow_run": dg.MetadataValue.url(url)})
+            yield run

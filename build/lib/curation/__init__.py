@@ -1,0 +1,1 @@
+"""Pure video logic: probing, sampling, cut detection, scoring, variant selection. No Dagster here."""

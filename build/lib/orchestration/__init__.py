@@ -1,0 +1,1 @@
+"""Dagster Definitions, resources, partitions, sensors and the svdpipe command line."""

@@ -1,0 +1,1 @@
+"""svdpipe: shared configuration and storage used by every layer."""

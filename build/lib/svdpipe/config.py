@@ -1,0 +1,441 @@
+"""The one typed run configuration.
+
+A run's configuration is built in one direction only:
+
+    configs/<profile>.yaml  ->  --params FILE  ->  project settings' set  ->  SVDPIPE__SECTION__FIELD  ->  --set
+
+and then validated by pydantic. The resolved object is what every stage reads, what is logged to MLflow params
+and what is shown in Dagster metadata (``SvdpipeConfig.flat()``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from svdpipe import project
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ENV_PREFIX = "SVDPIPE__"
+# Secrets never reach MLflow params or Dagster metadata, even if someone puts them in a config.
+SECRET_MARKERS = ("secret", "password", "token", "access_key")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Section):
+    """Raw-video ingestion: what counts as a video and how remote inputs are fetched."""
+
+    watch: str | None = Field(
+        None, description="folder or s3:// prefix the new-videos sensor watches (None: the sensor skips)"
+    )
+    ignore: tuple[str, ...] = Field(
+        (".*", "*.json", "*.md", "*.csv", "*.parquet", "*.dvc"),
+        description="file-name globs in a source that are not inputs (sidecar metadata, manifests, hidden files)",
+    )
+    download_timeout_s: float = Field(60.0, gt=0, description="per-request connect/read timeout for URL inputs")
+    download_retries: int = Field(3, ge=0, description="extra attempts for a URL after a transient failure")
+    max_input_bytes: int = Field(8 * 1024**3, gt=0, description="inputs larger than this are rejected unread")
+    min_decoded_fraction: float = Field(
+        0.9, gt=0, le=1, description="a stream decoding to less than this fraction of its declared length is truncated"
+    )
+    workers: int = Field(2, ge=1, description="processes probing inputs in parallel within one batch")
+
+
+class CutsConfig(_Section):
+    """Cut detection: a cascade of PySceneDetect passes at three frame rates (owned by curation/cuts.py)."""
+
+    detect_width: int = Field(256, ge=32, description="frames are resized to this width for cut detection")
+    full_threshold: float = Field(
+        27.0, gt=0, description="full-rate pass: ContentDetector score (mean HSV change, 0-255) that makes a hard cut"
+    )
+    sub_fps: tuple[float, float] = Field(
+        (6.0, 2.0),
+        description="target rates (fps) of the two subsampled ContentDetector passes; step = round(fps / rate)",
+    )
+    sub_thresholds: tuple[float, float] = Field(
+        (8.0, 12.0), description="ContentDetector score between successive samples that makes a subsampled candidate"
+    )
+    black_level: float = Field(
+        12.0, ge=0, le=255,
+        description="ThresholdDetector: mean pixel value below which a frame counts as faded to black",
+    )
+    min_shot_s: float = Field(0.4, ge=0, description="no shot is shorter than this (cuts closer together are merged)")
+    merge_s: float = Field(0.4, ge=0, description="detections from different passes this close are one cut")
+    fade_window_s: float = Field(
+        1.0, gt=0,
+        description="contrast on either side of a dip is measured over this long (at least the longest dissolve: "
+        "the dip can sit anywhere in it); the dip must be the lowest point within half of it",
+    )
+    dip_ratio: float = Field(
+        1.18, gt=0, le=1.5,
+        description="a dissolve's contrast dip: contrast at the dip over the lowest contrast a blend of the two "
+        "sides can have (about 1.0 for a dissolve between unrelated shots; 1.41 for no dip between equal sides)",
+    )
+
+
+class MotionConfig(_Section):
+    """Motion score: mean Farneback optical-flow magnitude between frames sampled at ``curation.sample_fps``."""
+
+    flow_short_side: int = Field(64, ge=8, description="frames are resized to this short side before the flow")
+
+
+class TextConfig(_Section):
+    """Text area: CRAFT text detection on the first, middle and last sampled frame of a clip."""
+
+    long_side: int = Field(640, ge=64, description="frames are resized to this long side for CRAFT")
+    text_threshold: float = Field(
+        0.85, gt=0, lt=1,
+        description="CRAFT region score a text component must reach somewhere to count; above easyocr's 0.7, which "
+        "round shapes in textured scenes reach (up to 0.76 measured), while caption text peaks above 0.95",
+    )
+    link_threshold: float = Field(
+        0.4, gt=0, lt=1, description="CRAFT affinity score that links characters into one word box (easyocr: 0.4)"
+    )
+    low_text: float = Field(
+        0.4, gt=0, lt=1, description="CRAFT region score bounding a text component's extent (easyocr: 0.4)"
+    )
+
+
+class ClipConfig(_Section):
+    """CLIP image/text embeddings of the first, middle and last frame, and the LAION-style aesthetic head on them."""
+
+    model: str = Field("tiny-clip", description="open_clip model name (tiny-* names are svdpipe's small random models)")
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (downloaded by open_clip), a local weights file, or None (random)"
+    )
+    aesthetic_head: str | None = Field(
+        None,
+        description="weights file of the LAION improved-aesthetic-predictor MLP for this CLIP; None: tiny models "
+        "get a seeded random head written to cache_dir, other models refuse to score",
+    )
+    cache_dir: str = Field(
+        "~/.cache/svdpipe", description="folder for files svdpipe generates for tiny models (the random aesthetic head)"
+    )
+    batch_size: int = Field(32, ge=1, description="frames per CLIP image-encoder forward pass")
+
+
+class CaptionConfig(_Section):
+    """Captions: CoCa on the middle frame (the paper's video captioner and LLM summary plug in beside it)."""
+
+    model: str = Field("tiny-coca", description="open_clip CoCa model name (tiny-* are small random models)")
+    pretrained: str | None = Field(
+        None, description="open_clip pretrained tag (downloaded by open_clip), a local weights file, or None (random)"
+    )
+    max_tokens: int = Field(
+        30, ge=1, le=75, description="longest caption in BPE tokens (CoCa's text context is 76 with the start token)"
+    )
+    min_tokens: int = Field(4, ge=1, description="shortest caption in BPE tokens: no end token before this many")
+    num_beams: int = Field(3, ge=1, description="beam-search width of the CoCa decoder (1: greedy)")
+
+
+class CurationConfig(_Section):
+    workers: int = Field(2, ge=1, description="processes scoring videos in parallel within one partition")
+    sample_fps: float = Field(2.0, gt=0, description="rate of the frames kept for motion, text, CLIP and captions")
+    score_short_side: int = Field(256, ge=32, description="short side of the kept frames")
+    cuts: CutsConfig = CutsConfig()
+    motion: MotionConfig = MotionConfig()
+    text: TextConfig = TextConfig()
+    clip: ClipConfig = ClipConfig()
+    caption: CaptionConfig = CaptionConfig()
+
+
+class ScoreFilter(_Section):
+    """Keep a clip when its ``score`` passes every bound given; percentiles are over the variant's usable clips."""
+
+    score: Literal["motion_score", "text_area_ratio", "aesthetic_score", "clip_text_similarity"]
+    min: float | None = Field(None, description="absolute lower bound (inclusive)")
+    max: float | None = Field(None, description="absolute upper bound (inclusive)")
+    drop_lowest_pct: float | None = Field(None, ge=0, lt=100, description="drop this percentage of lowest scores")
+    drop_highest_pct: float | None = Field(None, ge=0, lt=100, description="drop this percentage of highest scores")
+
+
+class VariantConfig(_Section):
+    """A named curation policy: which scored clips a curated dataset keeps."""
+
+    description: str = ""
+    min_duration_s: float = Field(1.0, ge=0, description="shorter clips are not usable for training")
+    allow_empty: bool = Field(
+        False, description="a selection of 0 clips is a valid dataset (else curated_dataset fails on it)"
+    )
+    filters: tuple[ScoreFilter, ...] = ()
+
+
+def _default_variants() -> dict[str, VariantConfig]:
+    # The paper's filters (Sec. 3, App. C): 25 % most static, 25 % most text (and > 7 % of the frame),
+    # 25 % lowest aesthetics, 50 % lowest CLIP text match removed; captions are not filtered.
+    return {
+        "uncurated": VariantConfig(description="every usable clip (long enough, scored)"),
+        "svd": VariantConfig(
+            description="SVD's curation: drop static, text-heavy, unaesthetic and poorly captioned clips",
+            filters=(
+                ScoreFilter(score="motion_score", drop_lowest_pct=25),
+                ScoreFilter(score="text_area_ratio", drop_highest_pct=25, max=0.07),
+                ScoreFilter(score="aesthetic_score", drop_lowest_pct=25),
+                ScoreFilter(score="clip_text_similarity", drop_lowest_pct=50),
+            ),
+        ),
+    }
+
+
+class ShardsConfig(_Section):
+    """WebDataset tar shards of a curated dataset: one sample per clip (mp4, json metadata, txt caption)."""
+
+    max_clips_per_shard: int = Field(256, ge=1)
+    short_side: int | None = Field(None, ge=16, description="resize clips to this short side; None keeps the source")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the re-encoded clips (lower is better)")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; unset means $MLFLOW_TRACKING_URI, else a local SQLite store"
+    )
+    experiment: str = "svdpipe"
+    artifact_location: str | None = Field(
+        None, description="artifact root for a newly created experiment (e.g. s3://bucket/mlflow); None: the default"
+    )
+
+
+class ComputeConfig(_Section):
+    """Where networks run and which engine spreads per-video work (curation scoring, latent encoding)."""
+
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="inference precision of the networks (scorers, encoders, samplers); training has its own"
+    )
+    engine: Literal["local", "ray"] = Field("local", description="local: a process pool; ray: a Ray cluster")
+    ray_address: str | None = Field(
+        None, description="address of an existing Ray cluster (ray://host:10001 or host:6379); None starts a local one"
+    )
+
+
+class StageConfig(_Section):
+    """One training stage (docs/architecture.md, "The paper's numbers"): resolution, schedule and EDM training noise."""
+
+    height: int = Field(64, ge=8, description="training resolution in pixels (a multiple of the autoencoder's factor)")
+    width: int = Field(64, ge=8)
+    frames: int = Field(1, ge=1, description="frames per sample (1: image stage)")
+    steps: int = Field(20, ge=1, description="optimizer steps")
+    micro_batch: int = Field(2, ge=1, description="samples per process per forward pass")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    P_mean: float = Field(-1.2, description="ln(sigma) ~ N(P_mean, P_std^2): the training noise")
+    P_std: float = Field(1.2, gt=0)
+    p_drop: float = Field(0.1, ge=0, lt=1, description="share of samples trained unconditioned (for guidance)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights; None: no EMA")
+    conditioning: Literal["text", "image"] = Field(
+        "image", description="text: SD 2.1's text cross-attention (+ fps, motion); image: SVD's image-to-video"
+    )
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory)")
+
+
+def _default_stages() -> dict[str, StageConfig]:
+    return {
+        "1": StageConfig(frames=1, P_mean=-1.2, P_std=1.0),
+        "2": StageConfig(frames=4, P_mean=-1.2, P_std=1.2),
+        "3": StageConfig(frames=4, height=96, width=96, P_mean=0.7, P_std=1.6, lr=3e-5, ema_decay=0.99),
+    }
+
+
+class TrainingConfig(_Section):
+    """The three stages and what they share; the ``svd`` profile sets the paper's values."""
+
+    model_size: Literal["tiny", "svd"] = Field("tiny", description="UNet, autoencoder and image-encoder sizes")
+    deepspeed: str = Field("zero2", description="infra/deepspeed/<name>.json (zero2 or zero3) or a path")
+    nproc: int = Field(1, ge=1, description="training processes per node (torchrun --nproc-per-node)")
+    stages: dict[str, StageConfig] = Field(default_factory=_default_stages)
+    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between DeepSpeed checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    motion_score_max: float = Field(
+        32.0, gt=0, description="motion score mapped to bucket 255 (training.conditioning.motion_bucket)"
+    )
+    frame_rate: float = Field(
+        7.0, gt=0, description="frames are taken from clips at about this rate (SVD's pipeline default fps is 7)"
+    )
+    cond_aug_samples: int = Field(2, ge=1, description="noise-augmented conditioning latents stored per clip")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="clips held out for evaluation (by clip id hash)")
+    text_encoder: str = Field("tiny-clip", description="open_clip model whose text tower conditions stage 1")
+    text_encoder_pretrained: str | None = None
+    vae_path: str | None = Field(None, description="pretrained autoencoder (folder or hub id); None: random")
+    image_encoder_path: str | None = Field(None, description="pretrained CLIP image encoder; None: random")
+    image_unet_path: str | None = Field(None, description="initial stage 1 weights (e.g. SD 2.1's UNet)")
+    sample_steps: int = Field(8, ge=1, description="sampler steps for the sample videos logged per stage")
+
+
+class EvaluationConfig(_Section):
+    sample_steps: int = Field(8, ge=1, description="EDM sampler steps per generated video")
+    heun: bool = Field(False, description="Heun's 2nd order correction (EDM Algorithm 1)")
+    min_guidance: float = Field(1.0, ge=0)
+    max_guidance: float = Field(2.5, ge=0, description="guidance on the last frame (rises linearly from min)")
+    max_videos: int = Field(8, ge=1, description="held-out clips generated per evaluation")
+    val_sigmas: tuple[float, ...] = Field(
+        (0.02, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0, 80.0), description="fixed noise levels of the validation loss"
+    )
+    feature_extractor: str = Field("clip", description="Frechet distance features: clip, or i3d with i3d_weights")
+    i3d_weights: str | None = None
+    register_metric: str = Field("val_loss", description="a new stage-3 model is registered only if not worse")
+
+
+class ScheduleConfig(_Section):
+    retrain_cron: str = Field("0 3 * * 0", description="cron of the stage-3 retraining schedule (Sundays 03:00)")
+    retrain_variant: str = Field("svd", description="curation variant the schedule retrains on")
+
+
+class SvdpipeConfig(_Section):
+    profile: str = "tiny"
+    data_root: str = Field(
+        "data", description="folder or s3://bucket/prefix; load_config resolves it (default <project home>/data)"
+    )
+    seed: int = 0
+    ingest: IngestConfig = IngestConfig()
+    curation: CurationConfig = CurationConfig()
+    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
+    shards: ShardsConfig = ShardsConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    compute: ComputeConfig = ComputeConfig()
+
+    def flat(self) -> dict[str, str]:
+        """Dotted-key view for MLflow params and Dagster metadata, with secret-looking keys dropped."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            elif not any(m in prefix.lower() for m in SECRET_MARKERS):
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.field=value`` with ``value`` parsed as YAML, so numbers, lists and booleans keep their types."""
+    if "=" not in text:
+        raise ValueError(f"config override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """``SVDPIPE__INGEST__WORKERS=4`` becomes ``("ingest.workers", 4)``."""
+    out = []
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            out.append((key, yaml.safe_load(raw) if raw.strip() else ""))
+    return out
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        base[k] = _merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def load_config(
+    profile: str | None = None,
+    data_root: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+    params_file: str | Path | None = None,
+) -> SvdpipeConfig:
+    """Resolve a run's configuration: profile YAML, params file, project settings, environment, explicit overrides.
+
+    Each of ``profile``, ``data_root`` and ``params_file`` not given falls back to the environment
+    (``SVDPIPE_PROFILE``, ``SVDPIPE_DATA_ROOT``), then to the project settings (``svdpipe.project``), then to
+    ``tiny``, ``<project home>/data`` and none. ``params_file`` is a YAML in the profile's shape (DVC's
+    ``params.yaml``); its top-level keys that are not config sections belong to DVC stages and are left to them.
+    An explicit ``environ`` is the whole outside world: the project home is then ``environ['SVDPIPE_HOME']`` (or
+    the user default), never searched for from the working directory.
+    """
+    return resolve_sources(profile, data_root, overrides, environ, params_file).config
+
+
+class ConfigSources(NamedTuple):
+    """A resolved configuration and where it came from (what a subprocess needs to resolve it again)."""
+
+    config: SvdpipeConfig
+    profile: str
+    data_root: str
+    params_file: str | None
+    home: Path
+
+
+def resolve_sources(
+    profile: str | None = None,
+    data_root: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+    params_file: str | Path | None = None,
+) -> ConfigSources:
+    """``load_config`` that also returns the profile, data root, params file and project home it used."""
+    hermetic = environ is not None
+    environ = os.environ if environ is None else environ
+    home = project.project_home(environ, discover=not hermetic)
+    settings = project.read_settings(home)
+    profile = profile or environ.get("SVDPIPE_PROFILE") or settings.profile or "tiny"
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown profile {profile!r}; available: {', '.join(available_profiles())}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    params_file = str(params_file) if params_file else settings.params
+    if params_file:
+        params = yaml.safe_load(Path(params_file).read_text()) or {}
+        _merge(tree, {k: v for k, v in params.items() if k in SvdpipeConfig.model_fields and k != "profile"})
+    tree["profile"] = profile
+    for text in settings.set:
+        _set_dotted(tree, *parse_override(text))
+    for key, value in env_overrides(environ):
+        _set_dotted(tree, key, value)
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    root = str(data_root or environ.get("SVDPIPE_DATA_ROOT") or settings.data_root or home / "data")
+    if "://" not in root:  # a folder means the same to every process, whatever its working directory
+        root = str(Path(root).expanduser().resolve())
+    tree["data_root"] = root
+    return ConfigSources(SvdpipeConfig.model_validate(tree), profile, root, params_file, home)
+
+
+_ACTIVE: ConfigSources | None = None
+
+
+def activate(sources: ConfigSources) -> ConfigSources:
+    """Make ``sources`` the configuration this process builds its Dagster definitions from (the CLI calls this
+    with its options before it loads them; partitions, schedules and sensors then follow the same config)."""
+    global _ACTIVE
+    _ACTIVE = sources
+    return sources
+
+
+def active_sources() -> ConfigSources:
+    """The configuration of this process's Dagster definitions: the one ``activate`` set, else the project
+    settings and environment resolved once (what ``svdpipe ui``'s code location reads)."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        _ACTIVE = resolve_sources()
+    return _ACTIVE

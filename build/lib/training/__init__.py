@@ -1,0 +1,1 @@
+"""Pure ML: EDM, models, DeepSpeed training. No Dagster here."""

@@ -1,0 +1,329 @@
+"""DeepSpeed training engine for the EDM v-prediction objective: config loading, steps, checkpoint/resume.
+
+The DeepSpeed JSON files under ``infra/deepspeed`` hold what is fixed per recipe (ZeRO stage, AdamW, gradient
+clipping, WarmupLR); ``load_ds_config`` fills in what depends on the run (batch sizes, precision, warm-up
+length) so one file serves every stage and machine.
+
+Resume contract: a run of N steps equals a run of k steps plus a fresh process resuming at k and running
+N - k more. That holds because (a) data come from ``batches_fn(step)`` and noise from a generator seeded by
+``seed + step``, never from the global RNG, and (b) model, optimizer and scheduler state travel in the
+DeepSpeed checkpoint, with the step and global RNG states in ``client_state``, and (c) the optional weight EMA
+(``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``.
+
+Data parallelism: ``batches_fn`` always yields the global batch and the objective's random draws are made for
+all of it before it is sliced per rank and micro-batch, so 2 ranks x micro-batch 1, 1 rank x micro-batch 2 and
+1 rank x 2 accumulated micro-batches of 1 train identically up to fp32 summation order
+(``tests/training/test_distributed.py``).
+
+Run ``python -m training.engine --help`` for a small CLI used by the tests (one scenario per process, since
+torch.distributed state is process-global).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# DeepSpeed picks its accelerator at import; without CUDA its auto-detection works but logs a warning, and
+# an explicit choice keeps behaviour the same on CPU CI boxes that happen to have a stray CUDA toolkit.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed
+
+from training.edm import LogNormalSigma
+from training.ema import EMA
+from training.objectives import ImageObjective, Objective, VideoObjective
+
+__all__ = [
+    "CONFIG_DIR",
+    "StepResult",
+    "load_ds_config",
+    "make_engine",
+    "resume",
+    "seed_everything",
+    "train_steps",
+]
+
+EMA_FILE = "ema.safetensors"
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "infra" / "deepspeed"
+
+Batch = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports: the global batch's sigmas and per-sample losses, and its wall time."""
+
+    step: int  # steps completed
+    loss: float
+    sigma: Tensor
+    sample_losses: Tensor
+    samples: int
+    seconds: float
+
+
+def load_ds_config(
+    path: str | Path,
+    micro_batch: int,
+    grad_accum: int,
+    bf16: bool,
+    *,
+    world_size: int | None = None,
+    warmup_steps: int | None = None,
+) -> dict:
+    """Read a DeepSpeed JSON config and set the run-dependent keys.
+
+    DeepSpeed requires train_batch_size == micro_batch * grad_accum * world_size exactly, so all three are
+    written together. ``bf16`` switches mixed precision; fp16 is always removed because SVD trains in bf16 or
+    fp32 and fp16's loss scaler would change the optimizer state layout. On CPU pass bf16=False: the tests
+    compare losses bit-for-bit and CPU bf16 kernels are neither fast nor needed there.
+    """
+    cfg = json.loads(Path(path).read_text())
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if micro_batch < 1 or grad_accum < 1 or world_size < 1:
+        raise ValueError(f"need positive sizes, got {micro_batch=}, {grad_accum=}, {world_size=}")
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["train_batch_size"] = micro_batch * grad_accum * world_size
+    cfg.pop("fp16", None)
+    cfg["bf16"] = {"enabled": bool(bf16)}
+    if warmup_steps is not None:
+        cfg.setdefault("scheduler", {"type": "WarmupLR", "params": {}})["params"]["warmup_num_steps"] = (
+            warmup_steps
+        )
+    return cfg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_dist() -> None:
+    """Initialise torch.distributed once; a bare ``python`` call becomes a world of one.
+
+    Under a launcher (deepspeed/torchrun) the env vars are already set and win. gloo is used without CUDA
+    because the CPU accelerator would otherwise ask for oneCCL, which is not installed.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs; the training loop itself does not draw from them (see module docstring)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_engine(model: torch.nn.Module, ds_config: dict, lr: float, seed: int):
+    """Wrap ``model`` in a DeepSpeed engine with the config's AdamW and WarmupLR, peak learning rate ``lr``.
+
+    ``lr`` overrides the JSON's value in both the optimizer and the scheduler's warm-up target, since
+    WarmupLR otherwise ramps to its own warmup_max_lr and silently ignores the optimizer's lr.
+    """
+    _ensure_dist()
+    seed_everything(seed)
+    cfg = copy.deepcopy(ds_config)
+    cfg.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})["params"]["lr"] = lr
+    if cfg.get("scheduler", {}).get("type") == "WarmupLR":
+        cfg["scheduler"]["params"]["warmup_max_lr"] = lr
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    engine.train()
+    # Kept on the engine so train_steps derives per-step noise seeds without another argument.
+    engine.svd_seed = seed
+    return engine
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _slice(batch: Batch, lo: int, hi: int) -> Batch:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+def train_steps(
+    engine,
+    batches_fn: Callable[[int], Batch],
+    steps: int,
+    start_step: int = 0,
+    ckpt_dir: str | Path | None = None,
+    ckpt_every: int = 0,
+    *,
+    objective: Objective | None = None,
+    seed: int | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    ema: EMA | None = None,
+) -> list[float]:
+    """Run ``steps`` optimizer steps from ``start_step`` and return each step's mean loss over the global batch.
+
+    ``batches_fn(step)`` gives the *global* batch of micro_batch * grad_accum * world_size samples; the
+    objective draws its randomness for all of it from a generator seeded by ``seed + step``, then each rank
+    takes its contiguous share and splits it into ``grad_accum`` micro-batches. DeepSpeed scales each backward
+    by 1/grad_accum, averages gradients over ranks and steps the optimizer at the boundary, so one iteration
+    here is one optimizer (and scheduler) step whatever the split. Checkpoints go to ``ckpt_dir`` as tag
+    ``step{n}`` after every ``ckpt_every``-th completed step; ``latest`` points at the newest.
+
+    ``ema`` (built on ``engine.module``) is updated after every optimizer step, on every rank (a collective
+    under ZeRO-3), and rank 0 writes it to ``<ckpt_dir>/step{n}/ema.safetensors`` *before* the DeepSpeed
+    checkpoint, so a checkpoint that ``latest`` names always has its EMA. ``on_step`` runs after the update.
+    """
+    objective = objective or ImageObjective(LogNormalSigma())
+    seed = engine.svd_seed if seed is None else seed
+    accum = engine.gradient_accumulation_steps()
+    micro = engine.train_micro_batch_size_per_gpu()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    # Inputs must match the parameters' dtype: DeepSpeed casts the module to bf16 when bf16 is enabled.
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    dev = engine.device
+
+    losses: list[float] = []
+    for step in range(start_step, start_step + steps):
+        t0 = time.perf_counter()
+        batch = batches_fn(step)
+        n = next(iter(batch.values())).shape[0]
+        if n != micro * accum * world:
+            raise ValueError(f"global batch of {n} is not micro {micro} x accum {accum} x world {world}")
+        # Noise generator per step, independent of global RNG, so a resumed process draws the same noise.
+        batch.update(objective.draw(batch, torch.Generator().manual_seed(seed + step)))
+        mine = _slice(batch, rank * micro * accum, (rank + 1) * micro * accum)
+        per_sample = []
+        for i in range(accum):
+            mb = {k: v.to(dev) for k, v in _slice(mine, i * micro, (i + 1) * micro).items()}
+            loss_i = objective.loss(engine, mb, dtype)
+            engine.backward(loss_i.mean())
+            engine.step()
+            per_sample.append(loss_i.detach().float())
+        # Every rank's per-sample losses, in global batch order, for the step mean and per-sigma-bin metrics.
+        # Gathered on the engine's device: NCCL only moves GPU tensors.
+        mine_losses = torch.cat(per_sample)
+        gathered = [torch.empty_like(mine_losses) for _ in range(world)]
+        torch.distributed.all_gather(gathered, mine_losses)
+        sample_losses = torch.cat(gathered).cpu()
+        losses.append(float(sample_losses.mean()))
+        if ema is not None:
+            ema.update(engine.module)
+        done = step + 1
+        if ckpt_dir is not None and ckpt_every > 0 and done % ckpt_every == 0:
+            if ema is not None and rank == 0:
+                ema.save(Path(ckpt_dir) / f"step{done}" / EMA_FILE)
+            engine.save_checkpoint(
+                str(ckpt_dir), tag=f"step{done}", client_state={"step": done, "rng": _rng_state()}
+            )
+        if on_step is not None:
+            on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
+    return losses
+
+
+def resume(engine, ckpt_dir: str | Path, tag: str | None = None, *, ema: EMA | None = None) -> int:
+    """Load the ``latest`` (or given ``tag``) checkpoint into ``engine``; return the step to continue from.
+
+    Returns 0 when ``ckpt_dir`` holds no checkpoint, so callers can resume unconditionally. With ``ema``, its
+    shadows and update count are reloaded from the checkpoint's ``ema.safetensors`` on every rank; a missing
+    file is an error rather than a silent restart of the average.
+    """
+    latest = Path(ckpt_dir) / "latest"
+    if tag is None:
+        if not latest.is_file():
+            return 0
+        tag = latest.read_text().strip()
+    ema_path = Path(ckpt_dir) / tag / EMA_FILE
+    if ema is not None and not ema_path.is_file():
+        raise FileNotFoundError(f"checkpoint {tag} in {ckpt_dir} has no EMA weights ({ema_path})")
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load a checkpoint from {ckpt_dir} (tag={tag})")
+    if ema is not None:
+        ema.load(ema_path)
+    if "rng" in client_state:
+        _set_rng_state(client_state["rng"])
+    return int(client_state["step"])
+
+
+def _main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train a tiny UNet on synthetic latents (test/demo run).")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1: image UNet, 2: video UNet")
+    p.add_argument("--config", default=str(CONFIG_DIR / "zero2.json"))
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--ckpt-dir", required=True)
+    p.add_argument("--ckpt-every", type=int, default=1)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument(
+        "--ema-decay", type=float, default=None, help="keep an EMA of the weights (saved per ckpt)"
+    )
+    p.add_argument("--ema-warmup", action="store_true", help="sgm-style EMA decay warm-up")
+    p.add_argument("--out", required=True, help="JSON file for {start_step, world_size, losses} (rank 0)")
+    a = p.parse_args(argv)
+
+    from training.models import build_image_unet, build_video_unet
+    from training.synthetic import synthetic_image_batches, synthetic_video_batches
+
+    if a.stage == 1:
+        build, objective, make_batches = (
+            build_image_unet,
+            ImageObjective(LogNormalSigma()),
+            synthetic_image_batches,
+        )
+    else:
+        build, objective, make_batches = (
+            build_video_unet,
+            VideoObjective(LogNormalSigma()),
+            synthetic_video_batches,
+        )
+    # The model is seeded before construction so every run (uninterrupted, resumed, any world size) starts
+    # from the same weights; a resumed run overwrites them from the checkpoint anyway.
+    seed_everything(a.seed)
+    model = build("tiny")
+    # Conditioning width follows the built UNet, so the CLI keeps working if the tiny spec changes.
+    width = model.config.cross_attention_dim
+    batch_kw = {"context_dim": width} if a.stage == 1 else {"embed_dim": width}
+    cfg = load_ds_config(a.config, a.micro_batch, a.grad_accum, a.bf16, warmup_steps=a.warmup_steps)
+    engine = make_engine(model, cfg, a.lr, a.seed)
+    ema = EMA(engine.module, a.ema_decay, warmup=a.ema_warmup) if a.ema_decay is not None else None
+    start = resume(engine, a.ckpt_dir, ema=ema) if a.resume else 0
+    world = torch.distributed.get_world_size()
+    batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
+    losses = train_steps(
+        engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every, objective=objective, seed=a.seed, ema=ema
+    )
+    if torch.distributed.get_rank() == 0:
+        Path(a.out).write_text(json.dumps({"start_step": start, "world_size": world, "losses": losses}))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _main()

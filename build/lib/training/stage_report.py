@@ -1,0 +1,200 @@
+"""What a training stage shows its users: a progress bar, one MLflow run, Dagster Pipes messages, and pictures.
+
+MLflow run per stage: tags ``stage``, ``curation_variant``, ``dataset_version``; params = the resolved config;
+metrics per step = ``loss``, ``samples_per_s``, ``peak_memory_mb`` and ``loss_sigma_<lo>_<hi>`` (mean loss of
+the step's samples whose sigma fell in that bin of ``training.edm.DEFAULT_SIGMA_EDGES``); artifacts = the config,
+the loss curve, and sample videos (MP4 + GIF; stage 1: a PNG of sample images). A resumed stage continues
+the run it started (its id is kept beside the checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from svdpipe import tracking
+from svdpipe.config import SvdpipeConfig
+from svdpipe.markdown import inline_image
+from training.edm import DEFAULT_SIGMA_EDGES, sigma_bins
+
+__all__ = ["StageReport", "sigma_bin_names"]
+
+
+def sigma_bin_names() -> list[str]:
+    e = [f"{v:g}" for v in DEFAULT_SIGMA_EDGES.tolist()]
+    return [f"loss_sigma_0_{e[0]}"] + [f"loss_sigma_{a}_{b}" for a, b in zip(e, e[1:])] + [f"loss_sigma_{e[-1]}_inf"]
+
+
+def materialization_metadata(info: dict, skipped: bool, extra: dict | None = None) -> dict:
+    """What a stage reports to Dagster (through Pipes): the MLflow run, data version and losses."""
+    keys = ("run_id", "dataset_version", "steps", "resumed_from", "final_loss", "train_clips", "world_size", "seconds")
+    meta = {("mlflow_run_id" if k == "run_id" else k): info[k] for k in keys if info.get(k) is not None}
+    if info.get("dvc_hashes"):
+        meta["dvc_hashes"] = {"type": "json", "raw_value": info["dvc_hashes"]}
+    return {**meta, **(extra or {}), "skipped": skipped}
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StageReport:
+    def __init__(self, cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, ckpt_dir: Path,
+                 total_steps: int, start_step: int, *, pipes=None, tags: dict | None = None, progress: bool = True):
+        self.cfg, self.variant, self.stage = cfg, variant, stage
+        self.total, self.start, self.pipes = total_steps, start_step, pipes
+        self.run_file = Path(ckpt_dir) / "mlflow_run.json"
+        self.tags = {"stage": str(stage), "curation_variant": variant, "dataset_version": dataset_version,
+                     **(tags or {})}
+        self.progress = progress
+        self.losses: list[tuple[int, float]] = []
+        self.names = sigma_bin_names()
+
+    def __enter__(self) -> StageReport:
+        from tqdm import tqdm
+
+        previous = json.loads(self.run_file.read_text())["run_id"] if self.start and self.run_file.is_file() else None
+        self._ctx = tracking.start_run(self.cfg, f"train stage{self.stage} {self.variant}", self.tags, run_id=previous)
+        self.run = self._ctx.__enter__()
+        self.run_file.parent.mkdir(parents=True, exist_ok=True)
+        self.run_file.write_text(json.dumps({"run_id": self.run.info.run_id}))
+        import mlflow
+
+        mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")
+        self.bar = tqdm(total=self.total, initial=self.start, desc=f"stage {self.stage} {self.variant}",
+                        unit="step", disable=not self.progress)
+        if self.pipes is not None:
+            self.pipes.log.info(f"stage {self.stage} ({self.variant}): steps {self.start}..{self.total}, "
+                                f"MLflow run {self.run.info.run_id}")
+        return self
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def log_text(self, name: str, text: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, f"{name}.json")
+
+    def step(self, r) -> None:
+        import mlflow
+
+        metrics = {"loss": r.loss, "samples_per_s": r.samples / max(r.seconds, 1e-9),
+                   "peak_memory_mb": _peak_memory_mb()}
+        bins = sigma_bins(r.sigma)
+        for b in bins.unique().tolist():
+            metrics[self.names[b]] = float(r.sample_losses[bins == b].mean())
+        mlflow.log_metrics(metrics, step=r.step)
+        self.losses.append((r.step, r.loss))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{r.loss:.4f}")
+        if self.pipes is not None and (r.step % max(1, self.total // 10) == 0 or r.step == self.total):
+            self.pipes.log.info(f"step {r.step}/{self.total} loss {r.loss:.4f} "
+                                f"{metrics['samples_per_s']:.2f} samples/s")
+
+    def finish(self, module, model_dir: Path, info: dict, data) -> None:
+        """Loss curve and samples to MLflow; the materialization (with the same figures) to Dagster."""
+        import mlflow
+
+        mlflow.log_metric("final_loss", info["final_loss"] if info["final_loss"] is not None else float("nan"))
+        extra = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            curve = self._loss_curve(Path(tmp) / "loss_curve.png")
+            if curve is not None:
+                mlflow.log_artifact(str(curve))
+                extra["loss_curve"] = {"type": "md", "raw_value": inline_image(curve.read_bytes(), "loss curve")}
+            for path in self._samples(module, data, Path(tmp)):
+                mlflow.log_artifact(str(path), "samples")
+                if path.suffix in (".gif", ".png") and "sample" not in extra and path.stat().st_size <= 2**21:
+                    mime = "image/gif" if path.suffix == ".gif" else "image/png"
+                    extra["sample"] = {"type": "md", "raw_value": inline_image(path.read_bytes(), path.stem, mime)}
+        if self.stage == 3:
+            from training.registry import log_pipeline_model
+
+            # Logged with the run that trained it; evaluation registers it if it is not worse than the current one.
+            info["model_uri"] = log_pipeline_model(model_dir)
+        mlflow.log_dict(info, "model_info.json")
+        if self.pipes is not None:
+            extra["first_loss"] = self.losses[0][1] if self.losses else float("nan")
+            self.pipes.report_asset_materialization(
+                metadata=materialization_metadata(info, skipped=False, extra=extra), data_version=info["fingerprint"]
+            )
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self._ctx.__exit__(*exc)
+
+    def _loss_curve(self, path: Path) -> Path | None:
+        if not self.losses:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses = zip(*self.losses)
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        ax.plot(steps, losses, lw=1, label="loss")
+        if len(losses) >= 5:
+            k = max(2, len(losses) // 10)
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, lw=2, label=f"mean of {k}")
+        ax.set(xlabel="optimizer step", ylabel="EDM loss", title=f"stage {self.stage} ({self.variant})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    @torch.no_grad()
+    def _samples(self, module, data, tmp: Path) -> list[Path]:
+        """Two samples from the first stored clips' conditioning (the model's own view of its data)."""
+        from training.latents import profile_vae
+        from training.sampling import decode_latents, sample_video
+        from training.video_io import save_video
+
+        t, steps, n = data.tensors, self.cfg.training.sample_steps, min(2, len(data))
+        vae = profile_vae(self.cfg)  # not Encoders: the image and text encoders are not needed to decode
+        module = module.float().eval()
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        if self.stage == 1:
+            return [self._image_samples(module, vae, t["context"][:n], tmp / "samples.png", steps, g)]
+        frames = t["latents"].shape[1]
+        z = sample_video(module, t["z_cond_aug"][:n, 0], t["image_embeds"][:n], num_frames=frames,
+                         fps=t["fps"][:n], motion_bucket_id=t["motion_bucket"][:n], sigma_aug=t["sigma_aug"][:n, 0],
+                         steps=steps, generator=g)
+        videos = decode_latents(vae, z, decode_chunk_size=frames)
+        paths: list[Path] = []
+        for i, v in enumerate(videos):
+            paths += list(save_video(v, tmp / f"sample_{i}", fps=float(t["fps"][i])))
+        return paths
+
+    def _image_samples(self, unet, vae, context, path: Path, steps: int, g) -> Path:
+        from PIL import Image
+
+        from training.edm import VPredictionPreconditioning, karras_sigmas
+        from training.sampling import edm_sample
+
+        precond = VPredictionPreconditioning()
+
+        def D(x, sigma):
+            return precond.denoise(lambda xi, c: unet(xi, c, encoder_hidden_states=context).sample, x, sigma)
+
+        from training.encoders import vae_scale_factor
+
+        f, sc = vae_scale_factor(vae), self.cfg.training.stages["1"]
+        h, w = sc.height // f, sc.width // f
+        z = edm_sample(D, (context.shape[0], 4, h, w), karras_sigmas(steps, 0.002, 80.0), generator=g)
+        x = vae.decode(z / vae.config.scaling_factor, num_frames=1).sample
+        imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        Image.fromarray(np.concatenate(list(imgs), axis=1)).save(path)
+        return path
+
