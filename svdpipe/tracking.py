@@ -91,7 +91,9 @@ def artifact_location(cfg: SvdpipeConfig) -> str | None:
 
 def experiment_tags() -> dict[str, str]:
     """A model-development experiment (not GenAI: no traces tab first), its description and the saved view."""
-    view = {"selectedColumns": VIEW_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    # The stage runs themselves, newest first (their pipeline parents only group them: filtered out here).
+    view = {"selectedColumns": VIEW_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "searchFilter": "tags.stage != 'pipeline'"}
     return {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": DESCRIPTION,
             f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
 
@@ -152,6 +154,7 @@ def start_run(
     dagster_run = all_tags.get("dagster.run_id") or _current_pipeline_run
     if dagster_run and run_id is None and "mlflow.parentRunId" not in all_tags:
         all_tags["mlflow.parentRunId"] = parent_run_id(cfg, experiment_id, dagster_run)
+        all_tags.setdefault("dagster.run_id", dagster_run)
     name = display_name(all_tags, run_name)
     if run_id is not None:
         all_tags = None  # tags were set when the run started; MLflow refuses new tags on a resumed start
