@@ -133,7 +133,7 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment without svdpipe/Dagster/MLflow settings of the caller, with stores under ``tmp``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SVDPIPE_", "DAGSTER_", "MLFLOW_"))}
-    env.update(PYTHONUNBUFFERED="1", SVDPIPE_DATA_ROOT=str(tmp / "data"),
+    env.update(PYTHONUNBUFFERED="1", SVDPIPE_HOME=str(tmp / "home"), SVDPIPE_DATA_ROOT=str(tmp / "data"),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}", **extra)
     return env
 
