@@ -406,6 +406,11 @@ def resolve_sources(
     params_file = str(params_file) if params_file else settings.params
     if params_file:
         params = yaml.safe_load(Path(params_file).read_text()) or {}
+        if params.get("profile") not in (None, profile):
+            # Its values were chosen for its profile: laid over another they would silently replace that one's
+            # (the svd schedule trained with the tiny profile's steps).
+            raise ValueError(f"params file {params_file} is for profile {params['profile']!r}, not {profile!r}: "
+                             f"use a params file written for {profile!r} (or set its `profile:`)")
         _merge(tree, {k: v for k, v in params.items() if k in SvdpipeConfig.model_fields and k != "profile"})
     tree["profile"] = profile
     for text in settings.set:

@@ -91,3 +91,13 @@ def test_a_variant_added_in_params_reaches_the_code_location_and_the_cli(cli, tm
     cli("settings", "--reset", "--data-root", str(home / "root"))
     location = _code_location(env, cwd=tmp_path)
     assert set(location["sensors"].values()) == {"STOPPED"} and location["variants"] == ["svd", "uncurated"]
+
+
+def test_a_params_file_for_another_profile_is_refused_not_silently_laid_over(tmp_path):
+    import pytest
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"profile": "tiny", "training": {"stages": {"3": {"steps": 12}}}}))
+    assert load_config("tiny", params_file=params, environ={}).training.stages["3"].steps == 12
+    with pytest.raises(ValueError, match="is for profile 'tiny', not 'svd'"):
+        load_config("svd", params_file=params, environ={})
