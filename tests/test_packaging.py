@@ -2,6 +2,7 @@
 the command works from a folder outside the checkout with its state under the project home."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_an_installed_svdpipe_runs_from_another_folder(tmp_path, corpus):
-    target = tmp_path / "site"
-    # A real, non-editable install of this checkout's files (no dependencies: the venv has them).
+    target, source = tmp_path / "site", tmp_path / "source"
+    # A copy of the tracked files: setuptools builds in the source folder (build/), and the checkout stays clean.
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    # A real, non-editable install of them (no dependencies: the venv has them).
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-compile", "--target", str(target), str(REPO)], check=True, capture_output=True,
+                    "--no-compile", "--target", str(target), str(source)], check=True, capture_output=True,
                    timeout=600, cwd=tmp_path)
     for data in ("configs/tiny.yaml", "configs/svd.yaml", "infra/dagster.yaml", "infra/deepspeed/zero2.json",
                  "infra/deepspeed/zero3.json"):

@@ -1,1 +1,0 @@
-"""Dagster software-defined assets, one module per stage; thin wrappers over curation/ and training/."""

@@ -1,1 +1,0 @@
-"""Pure video logic: probing, sampling, cut detection, scoring, variant selection. No Dagster here."""

@@ -1,1 +1,0 @@
-"""Great Expectations suites and the Dagster asset checks that run them."""

@@ -1,1 +1,0 @@
-"""Dagster Definitions, resources, partitions, sensors and the svdpipe command line."""

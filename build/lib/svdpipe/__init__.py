@@ -1,1 +1,0 @@
-"""svdpipe: shared configuration and storage used by every layer."""

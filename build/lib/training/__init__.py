@@ -1,1 +1,0 @@
-"""Pure ML: EDM, models, DeepSpeed training. No Dagster here."""
