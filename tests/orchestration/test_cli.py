@@ -4,7 +4,7 @@ import pytest
 
 from curation.sample_corpus import make_sample_corpus
 
-COMMANDS = ["ingest", "sample-corpus", "ui"]
+COMMANDS = ["ingest", "sample-corpus", "settings", "ui"]
 
 
 def test_help_for_every_command(cli):
