@@ -33,7 +33,6 @@ def test_materialize_evaluation_from_the_ui_runs_on_the_demo_data(demo_ui, page,
         page.get_by_text(str(demo_ui.root), exact=False).first.wait_for(timeout=60_000)
         page.get_by_role("button", name="Materialize", exact=False).first.click()
         page.get_by_text("Launch runs to materialize evaluation").wait_for(timeout=30_000)
-        page.get_by_text("Custom", exact=True).click()
         page.get_by_text("Select a partition or create one").click()
         page.keyboard.type("svd")
         page.get_by_text("svd", exact=True).first.click()
