@@ -4,7 +4,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export DAGSTER_HOME ?= $(CURDIR)/.dagster
+# The project home (svdpipe.yaml settings, .dagster, .mlflow, data): this checkout, whatever folder make runs in.
+export SVDPIPE_HOME ?= $(CURDIR)
+export DAGSTER_HOME ?= $(SVDPIPE_HOME)/.dagster
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test ui clean help lock
@@ -13,7 +15,7 @@ help:
 	@echo "make setup  - create .venv and install svdpipe with everything it needs (ffmpeg from Debian if missing)"
 	@echo "make demo   - run the pipeline on a generated sample corpus (tiny profile, CPU)"
 	@echo "make test   - run the test suite (starts its own SeaweedFS S3 server)"
-	@echo "make ui     - open the Dagster UI on http://127.0.0.1:3000"
+	@echo "make ui     - open the Dagster UI on http://127.0.0.1:3000 (on the data root of svdpipe.yaml: the demo's after make demo)"
 	@echo "make lock   - refresh requirements.lock (exact versions + hashes) after changing pyproject.toml"
 
 $(STAMP): pyproject.toml requirements.lock scripts/setup.sh
@@ -39,4 +41,4 @@ lock: setup
 		--generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade,) -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .dagster .mlflow data demo-data .pytest_cache
+	rm -rf $(VENV) .dagster .mlflow data demo-data .pytest_cache svdpipe.yaml

@@ -6,6 +6,7 @@ import time
 import dagster as dg
 from PIL import Image
 
+from assets import guards
 from assets.ingestion import ingested_batch, videos
 from curation import batch_scoring, curated_dataset as curated, dedup, ingest
 from assets.partitions import ingest_batches, variants
@@ -54,10 +55,11 @@ def clip_scores(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource,
     deps=[clip_scores, videos],
     group_name="curation",
     automation_condition=_EAGER,
-    description="metadata/clips.parquet: every detected shot of every accepted video, with all its scores.",
+    description="`metadata/clips.parquet`: every detected shot of every accepted video, with all its scores.",
 )
 @writes_tables
 def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
+    guards.accepted_videos(svdpipe.storage)
     cfg = svdpipe.config
     frame, embedded = dedup.mark_table(batch_scoring.consolidate(svdpipe.storage, cfg), cfg.dedup)
     ingest.write_table(svdpipe.storage, batch_scoring.CLIPS_KEY, frame)
@@ -81,13 +83,15 @@ def clips(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     group_name="curation",
     # Blocking checks on `clips` (data_checks) must pass before a curated dataset is built from it.
     automation_condition=_EAGER & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-    description="curated/<variant>/: the selected clip ids with thresholds, histograms, WebDataset shards.",
+    description="`curated/<variant>/`: the selected clip ids with thresholds, histograms, WebDataset shards; fails on "
+    "a missing or empty clips table and on 0 clips kept (unless `variants.<variant>.allow_empty`).",
 )
 @writes_tables
 def curated_dataset(
     context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    guards.clips_to_select(svdpipe.storage, variant, svdpipe.config)
     built = curated.build(svdpipe.storage, variant, svdpipe.config, progress=True)
     dvc = dir_hash(svdpipe.storage, curated.prefix(variant))
     sel = built.selection

@@ -9,6 +9,7 @@ import math
 
 import dagster as dg
 
+from assets import guards
 from assets.training import finetuned_model
 from assets.partitions import variants
 from assets.resources import SvdpipeResource
@@ -35,9 +36,8 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
     from training.registry import register_if_not_worse
 
     cfg, root, variant = svdpipe.config, svdpipe.storage, context.partition_key
-    info = model_store.read_info(root, model_store.model_key(variant, 3))
-    if info is None:
-        raise dg.Failure(f"no Stage III model for {variant!r}: materialize finetuned_model[{variant}] first")
+    info = guards.model(root, variant, 3)
+    guards.latents(root, variant)
     result = evaluate(root, variant, cfg, stage=3, progress=True)
     run_id = log_evaluation(result, cfg, variant, info["dataset_version"], info.get("run_id"))
     from svdpipe.dvc_hash import dvc_hashes

@@ -19,7 +19,7 @@ def _reasons_markdown(frame) -> str:
     pool=POOL,
     partitions_def=ingest_batches,
     group_name="ingestion",
-    description="One batch of inputs: each fetched, hashed, probed with PyAV, stored under raw/ or quarantine/.",
+    description="One batch of inputs: each fetched, hashed, probed with PyAV, stored under `raw/` or `quarantine/`.",
 )
 @writes_tables
 def ingested_batch(
@@ -49,7 +49,7 @@ def ingested_batch(
     deps=[ingested_batch],
     group_name="ingestion",
     automation_condition=dg.AutomationCondition.eager(),
-    description="metadata/videos.parquet: one row per input of every batch, accepted or rejected with a reason.",
+    description="`metadata/videos.parquet`: one row per input of every batch, accepted or rejected with a reason.",
 )
 @writes_tables
 def videos(svdpipe: SvdpipeResource) -> dg.MaterializeResult:

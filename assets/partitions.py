@@ -2,10 +2,11 @@
 
 import dagster as dg
 
-from svdpipe.config import load_config
+from svdpipe.config import active_sources
 
 ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batch")
 
-# Variant names come from the configuration the code location loads with (profile and environment), so a
-# variant added to a profile becomes a partition of the curated datasets.
-variants = dg.StaticPartitionsDefinition(sorted(load_config().variants))
+# Variant names come from the configuration the definitions are built from (the CLI's options, else the project
+# settings and environment: profile, params file, overrides), so a variant added in params.yaml or a profile
+# becomes a partition of the curated datasets, latents, models and evaluations.
+variants = dg.StaticPartitionsDefinition(sorted(active_sources().config.variants))

@@ -1,8 +1,8 @@
 """Dagster resources: the run configuration (with its storage), MLflow, and the Ray cluster.
 
 Both are built from the same ``SvdpipeConfig`` so that the UI, schedules, sensors and the CLI read one config.
-In the UI the profile, data root and overrides come from the launchpad or the environment
-(``SVDPIPE_PROFILE``, ``SVDPIPE_DATA_ROOT``, ``SVDPIPE__SECTION__FIELD``); the CLI passes them explicitly.
+The code location fills the profile, data root and params file with the resolved ones (project settings, then
+environment; ``orchestration.definitions``), so the launchpad shows what a run will read; the CLI passes its own.
 """
 
 
@@ -26,6 +26,10 @@ class SvdpipeResource(dg.ConfigurableResource):
     overrides: list[str] = []
     params_file: Optional[str] = None
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # MLflow runs opened while this run executes (evaluation, comparison) become children of its parent run.
+        tracking.set_pipeline_run(context.dagster_run.run_id if context.dagster_run else None)
+
     @cached_property
     def config(self) -> SvdpipeConfig:
         return load_config(self.profile, self.data_root, self.overrides, params_file=self.params_file)
@@ -45,7 +49,11 @@ class MlflowResource(dg.ConfigurableResource):
         dagster_tags = {"dagster.run_id": context.run.run_id, "dagster.asset": context.asset_key.to_user_string()}
         if context.has_partition_key:
             dagster_tags["dagster.partition"] = context.partition_key
-        with tracking.start_run(self.svdpipe.config, run_name, {**dagster_tags, **tags}) as run:
+        cfg = self.svdpipe.config
+        with tracking.start_run(cfg, run_name, {**dagster_tags, **tags}) as run:
+            url = tracking.run_url(cfg, run.info.experiment_id, run.info.run_id)
+            if url:  # a link in the asset's metadata when the store is a server with a web UI
+                context.add_asset_metadata({"mlflow_run": dg.MetadataValue.url(url)})
             yield run
 
 

@@ -8,6 +8,7 @@ process itself.
 
 import dagster as dg
 
+from assets import guards
 from assets.curation import curated_dataset
 from assets.partitions import variants
 from assets.resources import SvdpipeResource
@@ -21,7 +22,7 @@ TRAIN_TAGS = {"svdpipe/stage": "train"}
     partitions_def=variants,
     deps=[curated_dataset],
     group_name="training",
-    description="latents/<variant>/<H>x<W>x<F>/: autoencoder latents, noise-augmented conditioning latents, "
+    description="`latents/<variant>/<H>x<W>x<F>/`: autoencoder latents, noise-augmented conditioning latents, "
     "CLIP image embeddings and caption contexts of every curated clip, once per training resolution.",
 )
 def clip_latents(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
@@ -30,6 +31,7 @@ def clip_latents(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) ->
     from svdpipe.dvc_hash import dvc_hashes
 
     v = context.partition_key
+    guards.curated_clips(svdpipe.storage, v)
     built = build_latents(svdpipe.storage, v, svdpipe.config, progress=True)
     first = next(iter(built.values()))
     hashes = dvc_hashes(svdpipe.storage, {"curated": f"curated/{v}", "latents": f"latents/{v}"})
@@ -60,6 +62,9 @@ def _stage_asset(stage: int, name: str, upstream, description: str):
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
         cfg = svdpipe.config
+        guards.latents(svdpipe.storage, context.partition_key)
+        if stage > 1:
+            guards.model(svdpipe.storage, context.partition_key, stage - 1)
         cmd = command(
             stage, context.partition_key, profile=svdpipe.profile, data_root=svdpipe.data_root,
             params_file=svdpipe.params_file, overrides=svdpipe.overrides, nproc=cfg.training.nproc,
@@ -75,12 +80,12 @@ def _stage_asset(stage: int, name: str, upstream, description: str):
 
 
 image_model = _stage_asset(
-    1, "image_model", None, "models/<variant>/stage1: Stage I, the text-to-image UNet (SD 2.1 architecture)."
+    1, "image_model", None, "`models/<variant>/stage1`: Stage I, the text-to-image UNet (SD 2.1 architecture)."
 )
 video_model = _stage_asset(
-    2, "video_model", image_model, "models/<variant>/stage2: Stage II, the image model inflated and video-pretrained."
+    2, "video_model", image_model, "`models/<variant>/stage2`: Stage II, the image model inflated and video-pretrained."
 )
 finetuned_model = _stage_asset(
     3, "finetuned_model", video_model,
-    "models/<variant>/stage3: Stage III, high-resolution finetuning; a StableVideoDiffusionPipeline folder.",
+    "`models/<variant>/stage3`: Stage III, high-resolution finetuning; a StableVideoDiffusionPipeline folder.",
 )

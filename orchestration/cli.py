@@ -14,8 +14,10 @@ INFRA = Path(__file__).resolve().parent.parent / "infra"
 
 
 def dagster_home() -> Path:
-    """``$DAGSTER_HOME``, else ``./.dagster``; created with svdpipe's instance config if new."""
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster").resolve()
+    """``$DAGSTER_HOME``, else ``<project home>/.dagster``; created with svdpipe's instance config if new."""
+    from svdpipe import project
+
+    home = project.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # copied whole or not at all: a second command may be starting too
         part = home / f".dagster.yaml.{os.getpid()}.part"
@@ -58,30 +60,45 @@ def _register_batches(instance, batches: list[str]) -> None:
     instance.add_dynamic_partitions(ingest_batches.name, [b for b in batches if b not in registered])
 
 
-def _materialize(assets: list, resources: dict, instance, partition_key: str | None = None):
-    """Run the assets (and their checks) in this process, recorded in the Dagster instance like a UI run.
+def _run(job: str, assets: list[str], resources: dict, instance, partition_key: str | None = None):
+    """Run the named job's ``assets`` (and their checks) in this process, recorded in the Dagster instance under
+    the job's name like a UI run.
 
     A failed blocking check fails the run: the CLI stops there, as a run launched from the UI would.
     """
     import dagster as dg
 
-    level = click.get_current_context().meta.get("dagster_log_level", "WARNING")
-    result = dg.materialize(assets, resources=resources, instance=instance, partition_key=partition_key,
-                            raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}})
+    from orchestration.definitions import build_definitions
+
+    ctx = click.get_current_context()
+    level = ctx.meta.get("dagster_log_level", "WARNING")
+    job_def = build_definitions(resources).resolve_job_def(job)
+    result = job_def.execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=False,
+        asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}})
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed_checks or not result.success:
         lines = [f"check {e.asset_key.to_user_string()}:{e.check_name} failed" + (f": {e.description}" if
                  e.description else "") + (f"\n{e.metadata['failing_videos'].value}" if "failing_videos" in
                  e.metadata else "") for e in failed_checks]
         lines += [e.message for e in result.all_events if e.is_failure][-3:]
-        raise click.ClickException("Dagster run failed:\n  " + "\n  ".join(lines) +
-                                   f"\n  details: `svdpipe ui`, run {result.run_id}")
+        where = f"{job}[{partition_key}]" if partition_key else job
+        raise click.ClickException(f"Dagster run {where} failed (data root {resources['svdpipe'].data_root}):\n  "
+                                   + "\n  ".join(lines) + f"\n  details: `svdpipe ui`, run {result.run_id}")
     return result
 
 
 def _hold_data_root(ctx: click.Context, storage, purpose: str) -> None:
     """One command at a time writes a data root; a second waits here (and says so) until the first is done."""
     ctx.with_resource(storage.lock(purpose, on_wait=lambda msg: click.echo(msg + " ...", err=True)))
+
+
+def _materialization(result, asset: str):
+    """The metadata of ``asset``'s newest materialization in a run's result."""
+    events = [e for e in result.get_asset_materialization_events()
+              if e.asset_key.to_user_string() == asset]
+    return events[-1].materialization.metadata
 
 
 def common_options(fn):
@@ -92,19 +109,24 @@ def common_options(fn):
     fn = click.option("--profile", default=None, metavar="NAME",
                       help="Config profile from configs/ (tiny, svd). Default: $SVDPIPE_PROFILE or tiny.")(fn)
     fn = click.option("--data-root", default=None, metavar="ROOT",
-                      help="Data root: a folder or s3://bucket/prefix. Default: $SVDPIPE_DATA_ROOT or ./data.")(fn)
+                      help="Data root: a folder or s3://bucket/prefix. Default: $SVDPIPE_DATA_ROOT, else the project "
+                      "settings' (`svdpipe settings`), else <project home>/data.")(fn)
     return fn
 
 
 def _store(ctx: click.Context, data_root, profile, overrides, params_file) -> None:
-    from svdpipe.config import load_config
+    """Resolve the config once and make it the one the Dagster definitions are built from (partitions: variants)."""
+    from svdpipe.config import activate, resolve_sources
 
     try:
-        cfg = load_config(profile, data_root, overrides, params_file=params_file)
+        src = activate(resolve_sources(profile, data_root, overrides, params_file=params_file))
     except Exception as e:  # noqa: BLE001 - a config error is the user's to fix
         raise click.UsageError(f"invalid configuration: {e}") from e
+    if "orchestration.definitions" in sys.modules:  # built already, from another config: its partitions are stale
+        raise click.UsageError("the Dagster definitions were loaded before the configuration was resolved")
+    cfg = src.config
     ctx.obj = {"profile": cfg.profile, "data_root": cfg.data_root, "overrides": tuple(overrides),
-               "params_file": params_file, "config": cfg}
+               "params_file": src.params_file, "config": cfg}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,9 +135,11 @@ def _store(ctx: click.Context, data_root, profile, overrides, params_file) -> No
 def main(ctx: click.Context, verbose: int) -> None:
     """svdpipe: raw video -> curated clips -> trained latent video diffusion models (the SVD recipe).
 
-    Every command runs the same Dagster assets as the UI (`svdpipe ui`), recorded in the local Dagster
-    instance ($DAGSTER_HOME, default ./.dagster) and tracked in MLflow ($MLFLOW_TRACKING_URI, default
-    ./.mlflow). Configuration: configs/<profile>.yaml, then SVDPIPE__SECTION__FIELD variables, then --set.
+    Every command runs the same Dagster jobs as the UI (`svdpipe ui`), recorded in the Dagster instance
+    ($DAGSTER_HOME, default <project home>/.dagster) and tracked in MLflow ($MLFLOW_TRACKING_URI, default
+    <project home>/.mlflow). The project home is $SVDPIPE_HOME, else the nearest folder up from here with a
+    svdpipe.yaml (`svdpipe settings`), else ~/.local/share/svdpipe. Configuration: configs/<profile>.yaml, then
+    --params, then the project settings, then SVDPIPE__SECTION__FIELD variables, then --set.
     """
     ctx.meta["dagster_log_level"] = ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
 
@@ -132,9 +156,7 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     and a batch interrupted earlier is resumed. Manifest paths outside the manifest's folder, file:// URLs and
     hosts on private networks (unless --set ingest.allow_private_hosts=true) are refused unread.
     """
-    from assets.ingestion import ingested_batch, videos
     from curation.ingest import plan_batches, read_table, summarize
-    from assets.checks import videos_table_check
     from svdpipe.sources import list_inputs, redact_uri
 
     _store(ctx, data_root, profile, overrides, params_file)
@@ -152,8 +174,8 @@ def ingest(ctx, source, data_root, profile, overrides, params_file):
     instance = _instance()
     _register_batches(instance, todo)
     for batch in todo:
-        _materialize([ingested_batch], resources, instance, partition_key=batch)
-    _materialize([videos, videos_table_check], resources, instance)
+        _run("ingest", ["ingested_batch"], resources, instance, partition_key=batch)
+    _run("ingest", ["videos"], resources, instance)
     frame = read_table(storage)
     counts = summarize(frame)
     click.echo(f"videos table {storage.uri('metadata/videos.parquet')}: {counts['inputs']} inputs, "
@@ -173,11 +195,9 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     Scores are computed once (a rerun scores nothing); a variant only selects over them, so changing a threshold
     (`--set variants.svd...` or params.yaml) rebuilds the selection and shards without rescoring.
     """
-    from assets.curation import clip_scores, clips, curated_dataset
     from curation.batch_scoring import read_clips_table
     from curation.curated_dataset import prefix
     from curation.ingest import is_complete, known_batches
-    from assets.checks import clips_failure_gate, clips_table_check
 
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
@@ -194,17 +214,17 @@ def curate(ctx, variants, data_root, profile, overrides, params_file):
     instance = _instance()
     _register_batches(instance, batches)
     for batch in batches:
-        result = _materialize([clip_scores], resources, instance, partition_key=batch)
-        meta = result.asset_materializations_for_node("clip_scores")[0].metadata
+        result = _run("score", ["clip_scores"], resources, instance, partition_key=batch)
+        meta = _materialization(result, "clip_scores")
         if meta["videos_scored_now"].value:
             click.echo(f"batch {batch}: scored {meta['videos_scored_now'].value} video(s) on the "
                        f"{meta['engine'].value} engine, {meta['nodes'].value} node(s)")
-    _materialize([clips, clips_table_check, clips_failure_gate], resources, instance)
+    _run("curate", ["clips"], resources, instance)
     table = read_clips_table(storage)
     click.echo(f"clips table {storage.uri('metadata/clips.parquet')}: {len(table)} clips from "
                f"{table['video_id'].nunique()} videos")
     for variant in chosen:
-        _materialize([curated_dataset], resources, instance, partition_key=variant)
+        _run("curate", ["curated_dataset"], resources, instance, partition_key=variant)
         summary = json.loads(storage.read_text(f"{prefix(variant)}/selection.json"))
         filters = ", ".join(f"{k} {v}" for k, v in summary["kept_by_filter"].items()) or "no score filter"
         click.echo(f"  {variant:>12}: kept {summary['clips_kept']} of {summary['clips_usable']} usable clips "
@@ -232,7 +252,6 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
     A stage whose model is up to date (same data, config and parent model) is not retrained; an interrupted
     stage resumes from its newest checkpoint. Each stage logs one MLflow run; models land in ROOT/models/.
     """
-    from assets.training import clip_latents, finetuned_model, image_model, video_model
     from training import model_store
 
     _store(ctx, data_root, profile, overrides, params_file)
@@ -241,14 +260,15 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
     storage = resources["svdpipe"].storage
     instance = _instance()
     stages = [1, 2, 3] if stage == "all" else [int(stage)]
-    assets = {1: image_model, 2: video_model, 3: finetuned_model}
+    assets = {1: "image_model", 2: "video_model", 3: "finetuned_model"}
     for variant in _variants(cfg, variants):
         if not storage.exists(f"curated/{variant}/selection.json"):
             raise click.UsageError(f"no curated dataset {variant!r} under {storage.root}: run `svdpipe curate` first")
-        _materialize([clip_latents], resources, instance, partition_key=variant)
+        # One Dagster run per variant: its MLflow runs are the children of one parent run.
+        result = _run("train_variant", ["clip_latents", *(assets[s] for s in stages)], resources, instance,
+                      partition_key=variant)
         for s in stages:
-            result = _materialize([assets[s]], resources, instance, partition_key=variant)
-            meta = result.get_asset_materialization_events()[-1].materialization.metadata
+            meta = _materialization(result, assets[s])
             info = model_store.read_info(storage, model_store.model_key(variant, s)) or {}
             note = " (up to date, not retrained)" if meta.get("skipped") and meta["skipped"].value else ""
             loss = info.get("final_loss")
@@ -268,16 +288,14 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
 @click.pass_context
 def evaluate(ctx, variants, compare, metrics_out, data_root, profile, overrides, params_file):
     """Evaluate Stage III models on held-out clips, apply the registration rule, and compare the variants."""
-    from assets.evaluation import evaluation, variant_comparison
-
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
     resources = _resources(ctx)
     instance = _instance()
     collected = {}
     for variant in _variants(cfg, variants):
-        result = _materialize([evaluation], resources, instance, partition_key=variant)
-        meta = result.get_asset_materialization_events()[-1].materialization.metadata
+        result = _run("evaluate", ["evaluation"], resources, instance, partition_key=variant)
+        meta = _materialization(result, "evaluation")
         collected[variant] = dict(meta["metrics"].value)
         shown = {k: meta[k].value for k in ("val_loss", "motion_fidelity", "temporal_consistency") if k in meta}
         click.echo(f"  {variant:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) +
@@ -287,8 +305,8 @@ def evaluate(ctx, variants, compare, metrics_out, data_root, profile, overrides,
         Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_out).write_text(json.dumps(collected, indent=1, sort_keys=True) + "\n")
     if compare:
-        result = _materialize([variant_comparison], resources, instance)
-        meta = result.get_asset_materialization_events()[-1].materialization.metadata
+        result = _run("evaluate", ["variant_comparison"], resources, instance)
+        meta = _materialization(result, "variant_comparison")
         click.echo("\n" + meta["table"].value)
 
 
@@ -317,12 +335,74 @@ def sample_corpus(directory, seed, videos, seconds, fps, width, height, broken):
 
 
 @main.command()
+@click.option("--data-root", default=None, metavar="ROOT", help="Data root the project uses by default.")
+@click.option("--profile", default=None, metavar="NAME", help="Config profile the project uses by default.")
+@click.option("--params", "params_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Params file (DVC's params.yaml) the project reads by default.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="A config value the project uses by default (repeatable; replaces the stored list), e.g. "
+              "--set ingest.watch=/videos/incoming to have new files ingested and curated by the UI's sensors.")
+@click.option("--reset", is_flag=True, help="Forget the stored settings first.")
+def settings(data_root, profile, params_file, overrides, reset):
+    """Show, or change, the project settings: the defaults of every command and of the Dagster code location.
+
+    They live in <project home>/svdpipe.yaml. `make demo` records its data root there, so that `make ui`, the
+    schedule and the sensors work on the demo's data. With no option this only prints the home, the settings
+    and the configuration they resolve to.
+    """
+    from svdpipe import project
+    from svdpipe.config import resolve_sources
+
+    home = project.project_home()
+    current = project.ProjectSettings() if reset else project.read_settings(home)
+    changes = {k: v for k, v in {"data_root": data_root, "profile": profile, "params": params_file}.items() if v}
+    if overrides:
+        changes["set"] = tuple(overrides)
+    if changes or reset:
+        updated = current.model_copy(update=changes)
+        try:  # refuse settings that do not resolve, before they break every later command
+            resolve_sources(updated.profile, updated.data_root, updated.set, params_file=updated.params)
+        except Exception as e:  # noqa: BLE001 - the user's to fix
+            raise click.UsageError(f"invalid settings: {e}") from e
+        click.echo(f"wrote {project.write_settings(home, updated)}")
+    try:
+        src = resolve_sources()
+    except Exception as e:  # noqa: BLE001
+        raise click.UsageError(str(e)) from e
+    click.echo(f"project home: {home}  ($SVDPIPE_HOME, else the nearest folder up with {project.SETTINGS_FILE})")
+    click.echo(f"data root:    {src.data_root}\nprofile:      {src.profile}\nparams file:  {src.params_file or '-'}")
+    click.echo(f"variants:     {', '.join(sorted(src.config.variants))}\n"
+               f"ingest.watch: {src.config.ingest.watch or '- (the new-videos and automation sensors start stopped)'}")
+    click.echo(f"Dagster home: {project.dagster_home()}\nMLflow store: {_tracking_uri(src.config)}")
+
+
+def _tracking_uri(cfg) -> str:
+    from svdpipe.tracking import tracking_uri
+
+    return tracking_uri(cfg)
+
+
+@main.command()
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 def ui(port, host):
-    """Start the Dagster UI and daemon (`dagster dev`) for svdpipe with a project-local DAGSTER_HOME."""
+    """Start the Dagster UI and daemon (`dagster dev`) for svdpipe, on the project's data root and settings.
+
+    The code location reads the project settings (`svdpipe settings`) and the environment, as every command
+    does; DAGSTER_HOME defaults to <project home>/.dagster.
+    """
+    from svdpipe import project
+    from svdpipe.config import resolve_sources
+
+    try:
+        src = resolve_sources()
+    except Exception as e:  # noqa: BLE001
+        raise click.UsageError(f"invalid configuration: {e}") from e
     home = dagster_home()
-    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})")
+    # Every process dagster dev starts (webserver, daemon, code server, runs) resolves the same project home.
+    os.environ["SVDPIPE_HOME"] = str(src.home)
+    click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})\n"
+               f"data root {src.data_root}, profile {src.profile}, project settings {src.home / project.SETTINGS_FILE}")
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", "-h", host, "-p", str(port)]
     sys.stdout.flush()
     # Replace this process: Ctrl-C and SIGTERM then reach `dagster dev` itself, which shuts its webserver,

@@ -1,36 +1,14 @@
-"""Jobs and the retraining schedule.
-
-``train_variant`` materializes latents and the three stages for one variant (run-tagged so that the run queue
-of infra/dagster.postgres.yaml runs one training at a time). ``retrain_finetune`` is what the schedule starts:
-rebuild the variant's curated dataset from the newest scored clips, its latents, Stage III on top of the
-existing Stage II model, and the evaluation that decides whether the new model is registered.
-"""
+"""The retraining schedule: ``retrain_finetune`` (orchestration.jobs) of ``schedule.retrain_variant`` on a cron."""
 
 import dagster as dg
 
-from assets.training import TRAIN_TAGS
-from assets.partitions import variants
-from svdpipe.config import load_config
-
-train_variant = dg.define_asset_job(
-    "train_variant",
-    selection=dg.AssetSelection.assets("clip_latents", "image_model", "video_model", "finetuned_model"),
-    partitions_def=variants,
-    tags=TRAIN_TAGS,
-    description="Latents and Stages I-III of one curation variant.",
-)
-
-retrain_finetune = dg.define_asset_job(
-    "retrain_finetune",
-    selection=dg.AssetSelection.assets("curated_dataset", "clip_latents", "finetuned_model", "evaluation"),
-    partitions_def=variants,
-    tags=TRAIN_TAGS,
-    description="Stage III on the newest curated data, then evaluation and the registration rule.",
-)
+from orchestration.jobs import retrain_finetune, train_variant  # noqa: F401 - train_variant: re-exported
+from svdpipe.config import active_sources
 
 
 def _retrain_schedule() -> dg.ScheduleDefinition:
-    cfg = load_config().schedule
+    # Off until switched on: a retraining is hours of GPU time on the svd profile, never a side effect.
+    cfg = active_sources().config.schedule
 
     @dg.schedule(
         name="retrain_finetune_schedule",

@@ -1,5 +1,8 @@
-"""The new-videos sensor: plans a batch of inputs not seen before under ``ingest.watch`` and requests its run."""
+"""The new-videos sensor: plans a batch of inputs not seen before under ``ingest.watch`` and requests its run.
 
+It runs by default when the code location's config sets ``ingest.watch`` (project settings, params or
+``SVDPIPE__INGEST__WATCH``): watching a folder is what setting it asks for. Without it the sensor starts stopped.
+"""
 
 import dagster as dg
 
@@ -8,14 +11,17 @@ from assets.ingestion import ingested_batch
 from curation.ingest import plan_batches
 from assets.partitions import ingest_batches
 from assets.resources import SvdpipeResource
+from svdpipe.config import active_sources
 from svdpipe.sources import list_inputs
 from svdpipe.storage import LockBusy
+
+WATCHING = bool(active_sources().config.ingest.watch)
 
 
 @dg.sensor(
     asset_selection=[ingested_batch],
     minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING if WATCHING else dg.DefaultSensorStatus.STOPPED,
     description="Watches ingest.watch (a folder or s3:// prefix); each set of new files becomes a batch partition.",
 )
 def new_videos_sensor(context: dg.SensorEvaluationContext, svdpipe: SvdpipeResource):

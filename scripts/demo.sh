@@ -6,6 +6,12 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${DEMO_DIR:-demo-data}
 ROOT="$OUT/root"
+# The project home is this folder unless one is set: its svdpipe.yaml records the demo's data root, so that
+# `make ui` (and every svdpipe command run here without --data-root) works on the demo's data.
+export SVDPIPE_HOME=${SVDPIPE_HOME:-$PWD}
+
+echo "== 0. project settings: the demo's data root becomes the project's"
+"$BIN/svdpipe" settings --data-root "$ROOT" --profile tiny
 
 echo "== 1. sample corpus: labelled synthetic videos plus one broken input of each kind"
 "$BIN/svdpipe" sample-corpus "$OUT/corpus" --seed 0
@@ -26,11 +32,16 @@ echo "== 6. evaluation per variant (held-out loss, Frechet distance, motion fide
 echo "      the registration rule, and the variant comparison"
 "$BIN/svdpipe" evaluate --data-root "$ROOT"
 
+STORE=$("$BIN/python" -c 'from svdpipe.config import load_config; from svdpipe.tracking import tracking_uri
+print(tracking_uri(load_config()))')
+VIEW=$("$BIN/python" -c 'from svdpipe.config import load_config; from svdpipe.tracking import ensure_experiment, experiment_path
+print(experiment_path(ensure_experiment(load_config())))')
 cat <<TXT
 
-Done in ${SECONDS}s. Data root: $ROOT
+Done in ${SECONDS}s. Data root: $ROOT (recorded in $SVDPIPE_HOME/svdpipe.yaml)
   metadata/videos.parquet, metadata/clips.parquet, curated/{uncurated,svd}/ (selection, histograms.png, shards)
   latents/<variant>/, models/<variant>/stage{1,2,3} (stage3: a StableVideoDiffusionPipeline folder)
-  Dagster UI:  make ui            -> http://127.0.0.1:3000  (runs and materializations recorded in ${DAGSTER_HOME:-.dagster})
-  MLflow UI:   $BIN/mlflow ui --workers 1 --backend-store-uri sqlite:///$PWD/.mlflow/mlflow.db --host 127.0.0.1 --port 5000
+  Dagster UI:  make ui            -> http://127.0.0.1:3000  (runs and materializations recorded in ${DAGSTER_HOME:-$SVDPIPE_HOME/.dagster})
+  MLflow UI:   $BIN/mlflow ui --workers 1 --backend-store-uri $STORE --host 127.0.0.1 --port 5000
+               -> http://127.0.0.1:5000$VIEW  (runs by variant and stage, with their headline metrics)
 TXT

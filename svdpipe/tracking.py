@@ -1,28 +1,82 @@
 """MLflow: where the tracking store is and how a run is opened, shared by Dagster assets and training processes.
 
 The store is ``config.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file under
-``./.mlflow/`` with artifacts beside it (the embedded default). Every run gets the resolved config as params
-(secrets dropped, see ``SvdpipeConfig.flat``) and the tags its caller passes (Dagster run id, asset, partition).
+``<project home>/.mlflow/`` with artifacts beside it (the embedded default). Every run gets the resolved config
+as params (secrets dropped, see ``SvdpipeConfig.flat``) and the tags its caller passes (Dagster run id, asset,
+partition).
+
+What a person sees in the MLflow UI is decided here: the experiment is a model-development experiment with a
+description and a saved view (variant, stage and headline metric columns) that ``experiment_url`` opens; runs are
+named ``<stage> <variant>``; the runs of one Dagster run are children of one parent run named after it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from svdpipe import project
 from svdpipe.config import SvdpipeConfig
 
-LOCAL_DIR = Path(".mlflow")
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value (6000 on newer stores; 500 is safe everywhere)
+DESCRIPTION = (
+    "svdpipe: curated clip datasets and the latent video diffusion models trained on them (the Stable Video "
+    "Diffusion recipe). One parent run per Dagster run; its children are the stages: `ingest <batch>`, "
+    "`curate <variant>`, `stage1..3 <variant>` (training), `eval <variant>`, `compare`. Compare `eval` runs of "
+    "different `curation_variant`s to see what curation does to the model."
+)
+VIEW_KEY = "svdpipe"  # the saved runs-table view: experiment tag mlflow.sharedViewState.<key>
+# Columns of the saved view: what tells runs apart, then the headline metric of each stage.
+VIEW_COLUMNS = [
+    *(f"tags.`{t}`" for t in ("stage", "curation_variant", "dataset_version")),
+    *(f"metrics.`{m}`" for m in ("loss", "val_loss", "motion_fidelity", "temporal_consistency", "clips_kept")),
+    "attributes.`Duration`",
+]
+STAGE_NAMES = {"1": "stage1", "2": "stage2", "3": "stage3"}
+PARENT_TAG = "svdpipe.pipeline_run"  # on the parent run: the Dagster run id it stands for
+
+_current_pipeline_run: str | None = None
 
 
 def tracking_uri(cfg: SvdpipeConfig) -> str:
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{(LOCAL_DIR / 'mlflow.db').resolve()}"
+    return f"sqlite:///{project.mlflow_dir() / 'mlflow.db'}"
+
+
+def server_url(cfg: SvdpipeConfig) -> str | None:
+    """The tracking server's web address when the store is one (http/https), else None."""
+    uri = tracking_uri(cfg)
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def experiment_path(experiment_id: str) -> str:
+    """The runs table of the experiment in the saved view (append to the MLflow UI's address)."""
+    return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def run_url(cfg: SvdpipeConfig, experiment_id: str, run_id: str) -> str | None:
+    base = server_url(cfg)
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+
+
+def display_name(tags: dict[str, str], fallback: str) -> str:
+    """``<stage> <variant>`` (or ``<stage> <partition>``, or ``<stage>``), the same for every stage."""
+    stage = tags.get("stage")
+    if not stage:
+        return fallback
+    subject = tags.get("curation_variant") or tags.get("dagster.partition") or ""
+    return f"{STAGE_NAMES.get(stage, stage)} {subject}".strip()
+
+
+def set_pipeline_run(dagster_run_id: str | None) -> None:
+    """The Dagster run this process works for: MLflow runs it opens become children of its parent run."""
+    global _current_pipeline_run
+    _current_pipeline_run = dagster_run_id
 
 
 def artifact_location(cfg: SvdpipeConfig) -> str | None:
@@ -35,6 +89,15 @@ def artifact_location(cfg: SvdpipeConfig) -> str | None:
     return None
 
 
+def experiment_tags() -> dict[str, str]:
+    """A model-development experiment (not GenAI: no traces tab first), its description and the saved view."""
+    # The stage runs themselves, newest first (their pipeline parents only group them: filtered out here).
+    view = {"selectedColumns": VIEW_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "searchFilter": "tags.stage != 'pipeline'"}
+    return {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": DESCRIPTION,
+            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
+
+
 def ensure_experiment(cfg: SvdpipeConfig) -> str:
     import mlflow
 
@@ -44,9 +107,34 @@ def ensure_experiment(cfg: SvdpipeConfig) -> str:
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location(cfg))
+    if found is None:
+        tags = experiment_tags()
+        try:
+            return client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location(cfg),
+                                            tags=tags)
+        except mlflow.exceptions.MlflowException:  # another process created it first
+            found = client.get_experiment_by_name(cfg.mlflow.experiment)
+            if found is None:
+                raise
+    for key, value in experiment_tags().items():  # an experiment made before these tags existed gets them
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def parent_run_id(cfg: SvdpipeConfig, experiment_id: str, dagster_run_id: str) -> str:
+    """The parent MLflow run of a Dagster run, created on first use; named ``pipeline <run id prefix>``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{dagster_run_id}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"pipeline {dagster_run_id[:8]}",
+                            tags={PARENT_TAG: dagster_run_id, "dagster.run_id": dagster_run_id, "stage": "pipeline",
+                                  "profile": cfg.profile, "data_root": cfg.data_root})
+    client.set_terminated(run.info.run_id)  # a container: its children carry the work and the status
+    return run.info.run_id
 
 
 @contextmanager
@@ -55,14 +143,21 @@ def start_run(
 ) -> Iterator:
     """Open an MLflow run with the resolved config as params; yields the active run.
 
-    ``run_id`` continues an existing run (a resumed training stage appends to the run it started).
+    ``run_id`` continues an existing run (a resumed training stage appends to the run it started). A run with
+    a ``stage`` tag is named ``<stage> <variant>`` whatever ``run_name`` says; one opened for a Dagster run (tag
+    ``dagster.run_id``, or ``set_pipeline_run``) is a child of that run's parent.
     """
     import mlflow
 
     experiment_id = ensure_experiment(cfg)
     all_tags = {"profile": cfg.profile, "data_root": cfg.data_root, **(tags or {})}
+    dagster_run = all_tags.get("dagster.run_id") or _current_pipeline_run
+    if dagster_run and run_id is None and "mlflow.parentRunId" not in all_tags:
+        all_tags["mlflow.parentRunId"] = parent_run_id(cfg, experiment_id, dagster_run)
+        all_tags.setdefault("dagster.run_id", dagster_run)
+    name = display_name(all_tags, run_name)
     if run_id is not None:
         all_tags = None  # tags were set when the run started; MLflow refuses new tags on a resumed start
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, run_id=run_id) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=all_tags, run_id=run_id) as run:
         mlflow.log_params({k: v[:MAX_PARAM_LEN] for k, v in cfg.flat().items()})
         yield run

@@ -6,6 +6,7 @@ import http.server
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -17,6 +18,9 @@ from infra import s3server
 
 REPO = Path(__file__).resolve().parent.parent
 SVDPIPE = str(Path(sys.executable).parent / "svdpipe")
+# Tests never read or write a person's project (its svdpipe.yaml, .dagster, .mlflow): an empty project home per
+# test process, set before any test module builds the Dagster definitions from it.
+os.environ["SVDPIPE_HOME"] = tempfile.mkdtemp(prefix="svdpipe-test-home-")
 
 
 @pytest.hookimpl(tryfirst=True)

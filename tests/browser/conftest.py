@@ -133,7 +133,7 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment without svdpipe/Dagster/MLflow settings of the caller, with stores under ``tmp``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SVDPIPE_", "DAGSTER_", "MLFLOW_"))}
-    env.update(PYTHONUNBUFFERED="1", SVDPIPE_DATA_ROOT=str(tmp / "data"),
+    env.update(PYTHONUNBUFFERED="1", SVDPIPE_HOME=str(tmp / "home"), SVDPIPE_DATA_ROOT=str(tmp / "data"),
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}", **extra)
     return env
 
@@ -316,5 +316,65 @@ def mlflow_ui(trained, tmp_path_factory) -> Iterator[MlflowUI]:
 
         server.wait_until(api_up, timeout=120, what="answering the REST API")
         yield MlflowUI(server, url, experiment_id, runs, EXPERIMENT)
+    finally:
+        server.stop()
+
+
+class DemoUI:
+    """`svdpipe ui` over a project whose settings point at a trained data root, as after `make demo`."""
+
+    def __init__(self, server: Server, url: str, root: Path, mlflow_uri: str):
+        self.server, self.url, self.root, self.mlflow_uri = server, url, root, mlflow_uri
+
+    def graphql(self, query: str) -> dict:
+        return http_post_json(f"{self.url}/graphql", {"query": query})
+
+
+@pytest.fixture(scope="module")
+def demo_ui(trained, tmp_path_factory) -> Iterator[DemoUI]:
+    """The README's path on the shared ``trained`` fixture (what `make demo` runs): its data root, MLflow store
+    and Dagster instance copied into a project home whose ``svdpipe.yaml`` records the data root (what
+    `make demo` writes, by `svdpipe settings`), then `svdpipe ui` started from another folder with only
+    ``SVDPIPE_HOME`` set (what `make ui` exports). Copies: the tests here write runs, the shared fixture stays."""
+    cli, root, _, _ = trained
+    tmp = tmp_path_factory.mktemp("demo_ui")
+    home = tmp / "project"
+    shutil.copytree(root, home / "demo-data" / "root")
+    shutil.copytree(cli.env["DAGSTER_HOME"], home / ".dagster")
+    source_db = Path(cli.env["MLFLOW_TRACKING_URI"][len("sqlite:///"):])
+    (tmp / "mlflow").mkdir()
+    shutil.copyfile(source_db, tmp / "mlflow" / "mlflow.db")
+    mlflow_uri = f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SVDPIPE_", "DAGSTER_", "MLFLOW_"))}
+    env.update(PYTHONUNBUFFERED="1", SVDPIPE_HOME=str(home), MLFLOW_TRACKING_URI=mlflow_uri)
+    # The evaluation settings the pipeline ran with (small, for the CPU), from its own MLflow params.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    params = client.search_runs(experiment_id, "tags.stage = 'eval'", max_results=1)[0].data.params
+    settings = [f"{k}={params[k]}" for k in ("evaluation.max_videos", "evaluation.sample_steps")]
+
+    svdpipe = str(Path(sys.executable).parent / "svdpipe")
+    subprocess.run([svdpipe, "settings", "--data-root", "demo-data/root", *(a for s in settings for a in ("--set", s))],
+                   env=env, cwd=home, check=True, capture_output=True, timeout=300)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    server = Server("svdpipe ui on the demo project", [svdpipe, "ui", "--host", "127.0.0.1", "--port", str(port)],
+                    tmp / "dagster-dev.log", env=env, cwd=elsewhere)
+    ui = DemoUI(server, url, home / "demo-data" / "root", mlflow_uri)
+    try:
+        server.wait_until(lambda: http_get(f"{url}/server_info")[0] == 200 or "starting", timeout=180,
+                          what="serving /server_info")
+
+        def loaded():
+            data = ui.graphql(_WORKSPACE_QUERY)["data"]["workspaceOrError"]
+            entries = data.get("locationEntries") or []
+            return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries) or "loading"
+
+        server.wait_until(loaded, timeout=180, what="done loading the code location")
+        yield ui
     finally:
         server.stop()

@@ -93,3 +93,26 @@ def test_runs_table_lists_both_variant_runs(mlflow_ui, page, shots):
     where = f"at {url}; screenshot {shot}"
     assert page.get_by_text(mlflow_ui.experiment, exact=True).count(), f"experiment name not shown {where}"
     assert page.get_by_text("matching runs", exact=False).count(), f"runs table has no run count {where}"
+
+
+def test_experiment_page_opens_on_the_stage_runs_with_variant_stage_and_metric_columns(mlflow_ui, page, shots):
+    from svdpipe.tracking import experiment_path
+
+    url = mlflow_ui.url + experiment_path(mlflow_ui.experiment_id)
+    page.goto(url, wait_until="domcontentloaded")
+    try:
+        for name in ("stage3 svd", "stage3 uncurated", "eval svd"):
+            page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+    except Exception as e:  # noqa: BLE001
+        shot = shots.take(page, "mlflow_experiment_view_FAILED")
+        pytest.fail(f"experiment page at {url} does not list the stage runs ({e.__class__.__name__}); "
+                    f"screenshot {shot}; page text: {_page_text(page)}", pytrace=False)
+    page.wait_for_timeout(1000)
+    shot = shots.take(page, "mlflow_experiment_view")
+    where = f"at {url}; screenshot {shot}"
+    headers = [" ".join(t.split()) for t in page.locator("[role='columnheader']").all_inner_texts()]
+    for column in ("stage", "curation_variant", "val_loss", "loss"):
+        assert column in headers, f"no {column} column {where}: {headers}"
+    # A model-development experiment: the runs table, not GenAI's traces.
+    assert not page.get_by_text("Token usage", exact=False).count(), f"GenAI view {where}"
+    assert page.get_by_text(mlflow_ui.experiment, exact=True).count(), f"experiment name not shown {where}"

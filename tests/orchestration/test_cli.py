@@ -4,7 +4,7 @@ import pytest
 
 from curation.sample_corpus import make_sample_corpus
 
-COMMANDS = ["ingest", "sample-corpus", "ui"]
+COMMANDS = ["ingest", "sample-corpus", "settings", "ui"]
 
 
 def test_help_for_every_command(cli):
@@ -42,15 +42,27 @@ def test_ingest_folder_twice(cli, unseen_corpus, tmp_path):
     assert len(pd.read_parquet(root / "metadata/videos.parquet")) == n_in
     assert sorted(p.name for p in (root / "raw").iterdir()) == copies
 
-    # The run is in MLflow, tagged with the Dagster run, asset and partition that produced it.
-    runs = mlflow.MlflowClient(cli.env["MLFLOW_TRACKING_URI"]).search_runs(
-        [mlflow.MlflowClient(cli.env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("svdpipe").experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
+    # The run is in MLflow, tagged with the Dagster run, asset and partition that produced it, named
+    # `<stage> <partition>`, the child of the parent run of its Dagster run (a model-development experiment).
+    client = mlflow.MlflowClient(cli.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("svdpipe")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"]
+    (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'ingest'")
     assert run.data.tags["dagster.asset"] == "ingested_batch" and run.data.tags["dagster.partition"]
-    assert run.data.tags["dagster.run_id"]
+    assert run.info.run_name == f"ingest {run.data.tags['dagster.partition']}"
     assert run.data.metrics["accepted"] == len(truth["videos"])
     assert run.data.params["profile"] == "tiny"
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.tags["dagster.run_id"] == run.data.tags["dagster.run_id"]
+
+    # The Dagster runs are the named job `ingest`, not an ephemeral asset job.
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(cli.env["DAGSTER_HOME"]) as instance:
+        jobs = {r.job_name for r in instance.get_runs()}
+    assert jobs == {"ingest"}
 
 
 def test_ingest_s3_prefix_into_s3_root(s3, bucket, cli, unseen_corpus):

@@ -1,4 +1,5 @@
-"""`svdpipe ui` serves the Dagster UI on loopback with a project-local DAGSTER_HOME and shows svdpipe's assets."""
+"""`svdpipe ui` serves the Dagster UI on loopback with DAGSTER_HOME under the project home (not the working
+directory) and shows svdpipe's assets."""
 
 import json
 import os
@@ -19,8 +20,11 @@ def _graphql(port: int, query: str) -> dict:
 
 def test_ui_serves_the_asset_graph(cli, tmp_path):
     port = free_port()
-    env = {k: v for k, v in cli.env.items() if k != "DAGSTER_HOME"}  # the default: ./.dagster under the cwd
-    proc = subprocess.Popen([cli.svdpipe, "ui", "--port", str(port)], cwd=tmp_path, env=env,
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # The default: <project home>/.dagster, whatever the working directory.
+    env = {**{k: v for k, v in cli.env.items() if k != "DAGSTER_HOME"}, "SVDPIPE_HOME": str(home)}
+    proc = subprocess.Popen([cli.svdpipe, "ui", "--port", str(port)], cwd=elsewhere, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -34,7 +38,7 @@ def test_ui_serves_the_asset_graph(cli, tmp_path):
                 time.sleep(2)
         assert keys is not None, "the Dagster UI did not answer"
         assert {"ingested_batch", "videos"} <= keys
-        assert (tmp_path / ".dagster" / "dagster.yaml").exists()
+        assert (home / ".dagster" / "dagster.yaml").exists() and not (elsewhere / ".dagster").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

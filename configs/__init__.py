@@ -1,0 +1,1 @@
+"""Run profiles (YAML), shipped as package data so that an installed svdpipe finds them."""
