@@ -69,7 +69,7 @@ class _Preconditioning:
         sigma = torch.as_tensor(sigma, device=x.device).to(dtype)
         _, _, _, c_noise = self.scalings(sigma)
         c_skip, c_out, c_in, _ = self.scalings(append_dims(sigma, x.ndim))
-        return c_skip * x + c_out * F(c_in * x, c_noise, **cond).to(dtype)
+        return c_skip * x + c_out * F(c_in * x, c_noise, **cond).to(device=x.device, dtype=dtype)
 
 
 class EDMPreconditioning(_Preconditioning):
