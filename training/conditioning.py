@@ -87,7 +87,9 @@ def added_time_ids(fps: Tensor, motion_bucket_id: Tensor, sigma_aug: Tensor) -> 
     The pipeline subtracts 1 from the user's fps before embedding it; training does the same so that a clip
     recorded at ``fps`` is asked for with ``fps`` at sampling time.
     """
-    fps, motion_bucket_id, sigma_aug = (torch.as_tensor(t, dtype=torch.float32) for t in (fps, motion_bucket_id, sigma_aug))
+    fps, motion_bucket_id, sigma_aug = (
+        torch.as_tensor(t, dtype=torch.float32) for t in (fps, motion_bucket_id, sigma_aug)
+    )
     return torch.stack([fps - 1, motion_bucket_id, sigma_aug], dim=-1)
 
 

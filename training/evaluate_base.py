@@ -30,7 +30,8 @@ def evaluate_text_stage(
     root: Storage, variant: str, cfg: SvdpipeConfig, *, stage: int = 2, out_dir: str | Path | None = None,
     batch_size: int = 4,
 ) -> dict:
-    """{"metrics", "videos", "captions", "clip_ids", "notes"} of ``models/<variant>/stage<stage>`` (module docstring)."""
+    """{"metrics", "videos", "captions", "clip_ids", "notes"} of ``models/<variant>/stage<stage>`` (see the module
+    docstring)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
     from training import model_store

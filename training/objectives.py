@@ -117,7 +117,8 @@ class VideoObjective(Objective):
         if self.cond_vae is not None:
             from training.encoders import encode_latents
 
-            frame = batch["cond_frame"].float() + append_dims(batch["aug_sigma"].float(), 4) * batch["aug_noise"].float()
+            sigma_aug = append_dims(batch["aug_sigma"].float(), 4)
+            frame = batch["cond_frame"].float() + sigma_aug * batch["aug_noise"].float()
             z = encode_latents(self.cond_vae, frame).float().to(batch["latents"].device)
             return z, batch["aug_sigma"].float()
         rows = torch.arange(batch["latents"].shape[0], device=batch["latents"].device)

@@ -35,7 +35,9 @@ from svdpipe.storage import LocalStorage, Storage, open_storage
 from training import model_store
 from training.stage_report import StageReport, materialization_metadata
 
-__all__ = ["StageRun", "build_model", "export", "main", "prepare", "stage_fingerprint", "train", "train_stage", "up_to_date"]
+__all__ = [
+    "StageRun", "build_model", "export", "main", "prepare", "stage_fingerprint", "train", "train_stage", "up_to_date",
+]
 
 
 def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, parent: dict | None) -> str:
