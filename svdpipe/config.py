@@ -294,6 +294,11 @@ class TrainingConfig(_Section):
         7.0, gt=0, description="frames are taken from clips at about this rate (SVD's pipeline default fps is 7)"
     )
     cond_aug_samples: int = Field(2, ge=1, description="noise-augmented conditioning latents stored per clip")
+    cond_aug_online: bool = Field(
+        False, description="image-conditioned stages noise and encode the conditioning frame every step on the "
+        "training device, as the paper does (needs the frame's pixels in the latent store); False: pick one of "
+        "the cond_aug_samples stored draws",
+    )
     val_fraction: float = Field(0.2, ge=0, lt=1, description="clips held out for evaluation (by clip id hash)")
     text_encoder: str = Field("tiny-clip", description="open_clip model whose text tower conditions stage 1")
     text_encoder_pretrained: str | None = None

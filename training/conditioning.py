@@ -1,14 +1,26 @@
-"""SVD image-to-video conditioning (Blattmann et al. 2023, Section 4 and App. D; diffusers' SVD pipeline).
+"""Video conditioning per stage (``training.stages.N.conditioning``): ``text`` or ``image`` (SVD, Blattmann et al.
+2023, Section 4 and App. D; diffusers' SVD pipeline).
 
-What the video UNet ``F`` sees besides the noisy latent:
+``text`` (the paper's Stage II, video pretraining and its curation ablations): the inflated UNet keeps SD 2.1's
+text cross-attention on the caption's context (open_clip's penultimate layer, ``training.latents``), with the
+``fps - 1`` and ``motion_bucket_id`` micro-conditioning; its ``conv_in`` sees the noisy latent only and the third
+added time id (noise augmentation) is 0. ``text_video_F`` binds these.
+
+``image`` (the image-to-video finetune, released as SVD): what the video UNet ``F`` sees besides the noisy latent:
   * the conditioning frame's latent ``z_cond`` (posterior mode of the noise-augmented first frame, NOT scaled
     by the autoencoder's 0.18215), repeated on every frame and concatenated on the channel axis;
   * the CLIP image embedding of the conditioning frame, as a one-token cross-attention context;
   * three added time ids, each given a 256-d sinusoidal embedding inside the UNet:
     ``fps - 1``, ``motion_bucket_id`` (0..255) and the noise-augmentation strength ``sigma_aug``.
 
-The noise augmentation follows ln(sigma_aug) ~ N(-3, 0.5^2). The autoencoder is not run per training step,
-so the latents asset stores a few augmented encodings per clip with their ``sigma_aug``; each step picks one.
+The noise augmentation follows ln(sigma_aug) ~ N(-3, 0.5^2), a fresh draw every step in the paper. With
+``training.cond_aug_online`` (the ``svd`` profile, on a GPU) the conditioning frame is noised and encoded online
+every step (``training.objectives``); otherwise (CPU profile) the latents asset stores K augmented encodings
+per clip with their ``sigma_aug`` and each step picks one, a deviation that keeps the CPU demo fast.
+
+Every network input is moved to the network's device and dtype where it is used (``training.device.to_model``),
+so callers hand in fp32 tensors wherever they live; ``c_noise`` and the added time ids stay fp32 (diffusers
+embeds them in fp32 and casts the embedding).
 
 Motion bucket mapping (ours; the paper does not publish one). The curation scorer's ``motion_score`` is the mean
 Farneback flow magnitude; it is heavy-tailed, so the bucket is logarithmic in it:
@@ -27,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from training.device import to_model
 from training.edm import LogNormalSigma
 
 __all__ = [
@@ -34,9 +47,11 @@ __all__ = [
     "COND_AUG_P_STD",
     "added_time_ids",
     "drop_conditions",
+    "image_F",
     "motion_bucket",
     "motion_score_of_bucket",
     "sample_cond_aug",
+    "text_video_F",
     "video_F",
 ]
 
@@ -72,7 +87,9 @@ def added_time_ids(fps: Tensor, motion_bucket_id: Tensor, sigma_aug: Tensor) -> 
     The pipeline subtracts 1 from the user's fps before embedding it; training does the same so that a clip
     recorded at ``fps`` is asked for with ``fps`` at sampling time.
     """
-    fps, motion_bucket_id, sigma_aug = (torch.as_tensor(t, dtype=torch.float32) for t in (fps, motion_bucket_id, sigma_aug))
+    fps, motion_bucket_id, sigma_aug = (
+        torch.as_tensor(t, dtype=torch.float32) for t in (fps, motion_bucket_id, sigma_aug)
+    )
     return torch.stack([fps - 1, motion_bucket_id, sigma_aug], dim=-1)
 
 
@@ -104,12 +121,36 @@ def video_F(
     context = image_embeds if image_embeds.ndim == 3 else image_embeds[:, None, :]
 
     def F(x: Tensor, c_noise: Tensor) -> Tensor:
-        cond = z_cond[:, None].to(x.dtype).expand(-1, x.shape[1], -1, -1, -1)
+        x = to_model(x, unet)
+        cond = to_model(z_cond, unet)[:, None].expand(-1, x.shape[1], -1, -1, -1)
         return unet(
             torch.cat([x, cond], dim=2),
-            c_noise,
-            encoder_hidden_states=context.to(x.dtype),
-            added_time_ids=time_ids.to(device=x.device, dtype=x.dtype),
+            c_noise.to(x.device),
+            encoder_hidden_states=to_model(context, unet),
+            added_time_ids=time_ids.to(x.device),
         ).sample
+
+    return F
+
+
+def text_video_F(unet: Callable[..., object], context: Tensor, time_ids: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """F of a text-conditioned video UNet: ``context`` (B, L, D) caption tokens by cross-attention, ``time_ids`` (B, 3)
+    (``added_time_ids`` with sigma_aug = 0). ``x``: (B, frames, C, h, w) -> (B, frames, C, h, w)."""
+
+    def F(x: Tensor, c_noise: Tensor) -> Tensor:
+        x = to_model(x, unet)
+        return unet(
+            x, c_noise.to(x.device), encoder_hidden_states=to_model(context, unet), added_time_ids=time_ids.to(x.device)
+        ).sample
+
+    return F
+
+
+def image_F(unet: Callable[..., object], context: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """F of the Stage I image UNet on caption ``context`` (B, L, D). ``x``: (B, C, h, w)."""
+
+    def F(x: Tensor, c_noise: Tensor) -> Tensor:
+        x = to_model(x, unet)
+        return unet(x, c_noise.to(x.device), encoder_hidden_states=to_model(context, unet)).sample
 
     return F

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from training.latents import LatentSet
 
-__all__ = ["image_batches", "sample_indices", "video_batches"]
+__all__ = ["image_batches", "sample_indices", "text_video_batches", "video_batches"]
 
 Batch = dict[str, Tensor]
 VIDEO_KEYS = ("latents", "z_cond_aug", "sigma_aug", "image_embeds", "fps", "motion_bucket")
@@ -34,12 +34,36 @@ def sample_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
     return out
 
 
-def video_batches(data: LatentSet, batch_size: int, seed: int) -> Callable[[int], Batch]:
+def video_batches(
+    data: LatentSet, batch_size: int, seed: int, keys: tuple[str, ...] = VIDEO_KEYS
+) -> Callable[[int], Batch]:
+    """Image-to-video batches; ``keys`` picks the stored fields (``cond_frame`` instead of the stored
+    augmentations when the conditioning frame is encoded online)."""
+    t = data.tensors
+    missing = [k for k in keys if k not in t]
+    if missing:
+        raise KeyError(f"the latent store has no {missing}: rebuild the latents of this variant")
+
+    def batches_fn(step: int) -> Batch:
+        idx = sample_indices(len(data), batch_size, step, seed)
+        return {k: t[k][idx] for k in keys}
+
+    return batches_fn
+
+
+def text_video_batches(data: LatentSet, batch_size: int, seed: int) -> Callable[[int], Batch]:
+    """Text-to-video batches: the clip's latents, caption context, fps and motion bucket."""
     t = data.tensors
 
     def batches_fn(step: int) -> Batch:
         idx = sample_indices(len(data), batch_size, step, seed)
-        return {k: t[k][idx] for k in VIDEO_KEYS}
+        return {
+            "latents": t["latents"][idx],
+            "context": t["context"][idx],
+            "null_context": t["null_context"].expand(batch_size, -1, -1),
+            "fps": t["fps"][idx],
+            "motion_bucket": t["motion_bucket"][idx],
+        }
 
     return batches_fn
 

@@ -10,6 +10,12 @@ N - k more. That holds because (a) data come from ``batches_fn(step)`` and noise
 DeepSpeed checkpoint, with the step and global RNG states in ``client_state``, and (c) the optional weight EMA
 (``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``.
 
+Numerics (as Stability's ``generative-models`` trains SVD): with ``bf16`` the network's working copy and its
+compute are bf16, while DeepSpeed keeps fp32 master weights in the optimizer, accumulates gradients in fp32
+(``data_types.grad_accum_dtype``) and reduces them across ranks in fp32 (``communication_data_type``); the EDM
+skip path and the loss stay fp32 (``training.objectives``). ``master_state_dict`` reads the fp32 master weights,
+which is what a stage exports and the next stage starts from.
+
 Data parallelism: ``batches_fn`` always yields the global batch and the objective's random draws are made for
 all of it before it is sliced per rank and micro-batch, so 2 ranks x micro-batch 1, 1 rank x micro-batch 2 and
 1 rank x 2 accumulated micro-batches of 1 train identically up to fp32 summation order
@@ -52,6 +58,7 @@ __all__ = [
     "StepResult",
     "load_ds_config",
     "make_engine",
+    "master_state_dict",
     "resume",
     "seed_everything",
     "train_steps",
@@ -89,8 +96,9 @@ def load_ds_config(
 
     DeepSpeed requires train_batch_size == micro_batch * grad_accum * world_size exactly, so all three are
     written together. ``bf16`` switches mixed precision; fp16 is always removed because SVD trains in bf16 or
-    fp32 and fp16's loss scaler would change the optimizer state layout. On CPU pass bf16=False: the tests
-    compare losses bit-for-bit and CPU bf16 kernels are neither fast nor needed there.
+    fp32 and fp16's loss scaler would change the optimizer state layout. The JSON files accumulate and reduce
+    gradients in fp32 either way (bf16's 8 mantissa bits lose small micro-batch gradients in a sum). On CPU
+    pass bf16=False: the tests compare losses bit-for-bit and CPU bf16 kernels are neither fast nor needed there.
     """
     cfg = json.loads(Path(path).read_text())
     if world_size is None:
@@ -170,6 +178,39 @@ def _slice(batch: Batch, lo: int, hi: int) -> Batch:
     return {k: v[lo:hi] for k, v in batch.items()}
 
 
+def _step_batch(objective: Objective, batches_fn, step: int, seed: int, per_rank: int) -> tuple[Batch, Batch]:
+    """The global batch of ``step`` with the objective's draws, and this rank's contiguous share of it."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    batch = batches_fn(step)
+    n = next(iter(batch.values())).shape[0]
+    if n != per_rank * world:
+        raise ValueError(f"global batch of {n} is not {per_rank} per rank x world {world} (micro x accum x world)")
+    # Noise generator per step, independent of global RNG, so a resumed process draws the same noise.
+    batch.update(objective.draw(batch, torch.Generator().manual_seed(seed + step)))
+    return batch, _slice(batch, rank * per_rank, (rank + 1) * per_rank)
+
+
+def _accumulate(engine, objective: Objective, mine: Batch, micro: int, accum: int) -> Tensor:
+    """Forward and backward of ``accum`` micro-batches (DeepSpeed steps the optimizer at the boundary); this
+    rank's per-sample losses."""
+    per_sample = []
+    for i in range(accum):
+        mb = {k: v.to(engine.device) for k, v in _slice(mine, i * micro, (i + 1) * micro).items()}
+        loss_i = objective.loss(engine, mb)
+        engine.backward(loss_i.mean())
+        engine.step()
+        per_sample.append(loss_i.detach().float())
+    return torch.cat(per_sample)
+
+
+def _gather(mine: Tensor) -> Tensor:
+    """Every rank's per-sample losses in global batch order, on the CPU. Gathered on the tensor's device:
+    NCCL only moves GPU tensors."""
+    gathered = [torch.empty_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    return torch.cat(gathered).cpu()
+
+
 def train_steps(
     engine,
     batches_fn: Callable[[int], Batch],
@@ -200,34 +241,13 @@ def train_steps(
     seed = engine.svd_seed if seed is None else seed
     accum = engine.gradient_accumulation_steps()
     micro = engine.train_micro_batch_size_per_gpu()
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    # Inputs must match the parameters' dtype: DeepSpeed casts the module to bf16 when bf16 is enabled.
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    dev = engine.device
+    rank = torch.distributed.get_rank()
 
     losses: list[float] = []
     for step in range(start_step, start_step + steps):
         t0 = time.perf_counter()
-        batch = batches_fn(step)
-        n = next(iter(batch.values())).shape[0]
-        if n != micro * accum * world:
-            raise ValueError(f"global batch of {n} is not micro {micro} x accum {accum} x world {world}")
-        # Noise generator per step, independent of global RNG, so a resumed process draws the same noise.
-        batch.update(objective.draw(batch, torch.Generator().manual_seed(seed + step)))
-        mine = _slice(batch, rank * micro * accum, (rank + 1) * micro * accum)
-        per_sample = []
-        for i in range(accum):
-            mb = {k: v.to(dev) for k, v in _slice(mine, i * micro, (i + 1) * micro).items()}
-            loss_i = objective.loss(engine, mb, dtype)
-            engine.backward(loss_i.mean())
-            engine.step()
-            per_sample.append(loss_i.detach().float())
-        # Every rank's per-sample losses, in global batch order, for the step mean and per-sigma-bin metrics.
-        # Gathered on the engine's device: NCCL only moves GPU tensors.
-        mine_losses = torch.cat(per_sample)
-        gathered = [torch.empty_like(mine_losses) for _ in range(world)]
-        torch.distributed.all_gather(gathered, mine_losses)
-        sample_losses = torch.cat(gathered).cpu()
+        batch, mine = _step_batch(objective, batches_fn, step, seed, micro * accum)
+        sample_losses = _gather(_accumulate(engine, objective, mine, micro, accum))
         losses.append(float(sample_losses.mean()))
         if ema is not None:
             ema.update(engine.module)
@@ -239,8 +259,30 @@ def train_steps(
                 str(ckpt_dir), tag=f"step{done}", client_state={"step": done, "rng": _rng_state()}
             )
         if on_step is not None:
+            n = sample_losses.shape[0]
             on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
     return losses
+
+
+def master_state_dict(engine) -> dict[str, Tensor]:
+    """The fp32 master weights of ``engine.module`` as a full CPU state dict (collective: call on every rank).
+
+    Under bf16 the module holds bf16 working copies; the optimizer's fp32 partitions are the weights training
+    actually updates, so these are exported, not ``module.float()`` (which would round every weight to 8
+    mantissa bits). Without a master copy (fp32 training) a parameter is its own master. Buffers come from the
+    module as they are.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out: dict[str, Tensor] = {}
+    for name, p in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(p) if p.requires_grad else None
+        out[name] = (full if full is not None else p.detach()).float().cpu().clone()
+    persistent = set(engine.module.state_dict().keys())
+    for name, b in engine.module.named_buffers():
+        if name in persistent:
+            out[name] = b.detach().cpu().clone()
+    return out
 
 
 def resume(engine, ckpt_dir: str | Path, tag: str | None = None, *, ema: EMA | None = None) -> int:
@@ -282,6 +324,8 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    p.add_argument("--export", default=None, help="after training, save the UNet from the fp32 master weights here")
     p.add_argument(
         "--ema-decay", type=float, default=None, help="keep an EMA of the weights (saved per ckpt)"
     )
@@ -308,6 +352,8 @@ def _main(argv: list[str] | None = None) -> None:
     # from the same weights; a resumed run overwrites them from the checkpoint anyway.
     seed_everything(a.seed)
     model = build("tiny")
+    if a.grad_checkpointing:
+        model.enable_gradient_checkpointing()
     # Conditioning width follows the built UNet, so the CLI keeps working if the tiny spec changes.
     width = model.config.cross_attention_dim
     batch_kw = {"context_dim": width} if a.stage == 1 else {"embed_dim": width}
@@ -320,8 +366,19 @@ def _main(argv: list[str] | None = None) -> None:
     losses = train_steps(
         engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every, objective=objective, seed=a.seed, ema=ema
     )
+    master = master_state_dict(engine) if a.export else None
     if torch.distributed.get_rank() == 0:
-        Path(a.out).write_text(json.dumps({"start_step": start, "world_size": world, "losses": losses}))
+        if master is not None:
+            from training.export import fp32_copy, save_unet
+
+            save_unet(fp32_copy(engine.module, master), a.export)
+        model_dtype, accum_dtype = engine.get_data_types()
+        Path(a.out).write_text(json.dumps({
+            "start_step": start, "world_size": world, "losses": losses, "model_dtype": str(model_dtype),
+            "grad_accum_dtype": str(accum_dtype), "optimizer_grad_accum_dtype":
+            str(getattr(engine.optimizer, "gradient_accumulation_dtype", None)),
+            "communication_data_type": str(engine.communication_data_type),
+        }))
     torch.distributed.destroy_process_group()
 
 

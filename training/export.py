@@ -38,6 +38,7 @@ __all__ = [
     "SVD_SIGMA_MIN",
     "edm_scheduler",
     "export_svd_pipeline",
+    "fp32_copy",
     "load_svd_pipeline",
     "save_unet",
 ]
@@ -90,6 +91,22 @@ def _replace_dir(out_dir: Path, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def fp32_copy(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A fresh fp32 CPU model of ``module``'s class and config holding ``state_dict`` (the fp32 master weights,
+    ``training.engine.master_state_dict``), leaving the training module as it is.
+
+    Built on the meta device and filled by assignment, so a 1.5B-parameter UNet costs one copy of its weights
+    and no random initialisation.
+    """
+    with torch.device("meta"):
+        model = type(module).from_config(module.config)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"the state dict leaves {len(left)} tensors unset, e.g. {left[:3]}")
+    return model.eval()
 
 
 def save_unet(unet: UNet2DConditionModel | UNetSpatioTemporalConditionModel, out_dir: str | Path) -> Path:

@@ -15,6 +15,10 @@ Name mapping (image ``UNet2DConditionModel`` -> video ``UNetSpatioTemporalCondit
     conditioning channels are zeroed, so at the start of Stage II the conditioning frame contributes
     nothing and the network behaves like the image model.
   * ``add_embedding`` (fps / motion bucket / noise-aug ids) has no image counterpart and stays new.
+
+A text-conditioned Stage II has ``conv_in`` of the image model's width (copied as is) and keeps SD 2.1's text
+cross-attention; ``widen_conv_in`` then turns it into the image-to-video model of Stage III by adding the
+conditioning-latent input channels, zero-initialised, so Stage III starts as exactly the Stage II network.
 """
 
 from __future__ import annotations
@@ -120,6 +124,27 @@ def _adapt_conv_in(src: torch.Tensor, dst: torch.Tensor) -> bool:
     dst.zero_()
     dst[:, : src.shape[1]].copy_(src)
     return True
+
+
+@torch.no_grad()
+def widen_conv_in(unet: UNetSpatioTemporalConditionModel, in_channels: int) -> UNetSpatioTemporalConditionModel:
+    """Give ``unet.conv_in`` ``in_channels`` inputs in place: the old channels keep their weights, the new ones
+    (the concatenated conditioning latent) are zero, so the output is unchanged for any conditioning latent.
+
+    The config follows (``register_to_config``), so ``save_pretrained`` writes a model that reloads as the wider one.
+    """
+    old = unet.conv_in
+    if in_channels == old.in_channels:
+        return unet
+    if in_channels < old.in_channels:
+        raise ValueError(f"conv_in has {old.in_channels} inputs; cannot narrow it to {in_channels}")
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          device=old.weight.device, dtype=old.weight.dtype)
+    _adapt_conv_in(old.weight, new.weight)
+    new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
 
 
 def switch_off_temporal_mixing(video_unet: UNetSpatioTemporalConditionModel, logit: float = 1e4) -> int:

@@ -86,8 +86,14 @@ def image_unet_config(size: str) -> dict:
     }
 
 
-def video_unet_config(size: str) -> dict:
-    """UNetSpatioTemporalConditionModel kwargs; for "svd" exactly diffusers' defaults."""
+def video_unet_config(size: str, conditioning: str = "image") -> dict:
+    """UNetSpatioTemporalConditionModel kwargs; for "svd" and ``image`` exactly diffusers' defaults.
+
+    ``conditioning="text"`` (the paper's Stage II) drops the conditioning-latent input channels: ``conv_in``
+    sees the noisy latent only, and ``training.inflation.widen_conv_in`` adds the image channels for Stage III.
+    """
+    if conditioning not in ("text", "image"):
+        raise ValueError(f"unknown conditioning {conditioning!r}: use text or image")
     s = spec(size)
     down = tuple(
         "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in s.attn_levels
@@ -97,7 +103,8 @@ def video_unet_config(size: str) -> dict:
     )
     return {
         "sample_size": 96 if size == "svd" else 16,
-        "in_channels": 2 * s.latent_channels,  # noisy latent + conditioning-frame latent
+        # image: noisy latent + conditioning-frame latent; text: the noisy latent alone
+        "in_channels": (2 if conditioning == "image" else 1) * s.latent_channels,
         "out_channels": s.latent_channels,
         "down_block_types": down,
         "up_block_types": up,
@@ -119,9 +126,11 @@ def build_image_unet(size: str, device: torch.device | str | None = None) -> UNe
         return UNet2DConditionModel(**cfg)
 
 
-def build_video_unet(size: str, device: torch.device | str | None = None) -> UNetSpatioTemporalConditionModel:
+def build_video_unet(
+    size: str, device: torch.device | str | None = None, conditioning: str = "image"
+) -> UNetSpatioTemporalConditionModel:
     """Stage II/III video UNet, randomly initialised. Pass device="meta" to count parameters for free."""
-    cfg = video_unet_config(size)
+    cfg = video_unet_config(size, conditioning)
     with torch.device(device or "cpu"):
         return UNetSpatioTemporalConditionModel(**cfg)
 

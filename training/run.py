@@ -4,7 +4,10 @@
     torchrun --nproc-per-node 8 -m training.run --stage 2 ...          # the same on 8 GPUs (or --nnodes N)
 
 Stage 1 trains the image UNet (from scratch, or from ``training.image_unet_path``); stage 2 inflates the stage-1
-model into the video UNet; stage 3 continues the stage-2 model at the finetuning resolution and noise. Each
+model into the video UNet (text-to-video or image-to-video, ``training.stages.N.conditioning``); stage 3 continues
+the stage-2 model at the finetuning resolution and noise (adding the image conditioning when stage 2 was text).
+``train_stage`` is ``prepare`` (data, model, engine, resume), ``train`` (steps, checkpoints) and ``export``
+(fp32 master weights to a diffusers folder, samples, MLflow), on the device ``compute.device`` names. Each
 stage reads its latents (``training.latents``), trains with DeepSpeed (``training.engine``), checkpoints every
 ``training.checkpoint_every`` steps and resumes from the newest one, logs one MLflow run (continued on resume)
 and writes ``models/<variant>/stage<N>`` (stage 3: a ``StableVideoDiffusionPipeline`` folder).
@@ -22,6 +25,7 @@ import shutil
 import tempfile
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,15 +35,20 @@ from svdpipe.storage import LocalStorage, Storage, open_storage
 from training import model_store
 from training.stage_report import StageReport, materialization_metadata
 
-__all__ = ["main", "stage_fingerprint", "train_stage"]
+__all__ = [
+    "StageRun", "build_model", "export", "main", "prepare", "stage_fingerprint", "train", "train_stage", "up_to_date",
+]
 
 
 def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, parent: dict | None) -> str:
-    """What a stage's model depends on: data, its stage config, the shared training config and its parent model."""
+    """What a stage's model depends on: data, its stage config, the shared training config and its parent model.
+
+    Gradient checkpointing changes memory, not results, so switching it never retrains a stage."""
     t = cfg.training
     shared = t.model_dump(mode="json", exclude={"stages", "nproc", "checkpoint_every", "keep_checkpoints"})
     text = json.dumps(
-        [variant, stage, dataset_version, t.stages[str(stage)].model_dump(mode="json"), shared, cfg.seed,
+        [variant, stage, dataset_version,
+         t.stages[str(stage)].model_dump(mode="json", exclude={"grad_checkpointing"}), shared, cfg.seed,
          parent and parent.get("fingerprint")],
         sort_keys=True,
     )
@@ -53,26 +62,40 @@ def checkpoint_dir(root: Storage, variant: str, stage: int) -> Path:
 
 
 def build_model(root: Storage, cfg: SvdpipeConfig, variant: str, stage: int):
+    """The stage's starting network (every rank builds the same): Stage I from scratch or ``image_unet_path``;
+    Stage II inflates Stage I with ``conv_in`` sized for its conditioning; later stages continue their parent,
+    widening ``conv_in`` when they add the image conditioning (text-to-video -> image-to-video)."""
     from diffusers import UNet2DConditionModel, UNetSpatioTemporalConditionModel
 
     from training.engine import seed_everything
-    from training.inflation import inflate
+    from training.inflation import inflate, widen_conv_in
     from training.models import build_image_unet, build_video_unet
 
-    size = cfg.training.model_size
+    size, sc = cfg.training.model_size, cfg.training.stages[str(stage)]
     seed_everything(cfg.seed + stage)  # every rank builds the same initial weights
     if stage == 1:
         path = cfg.training.image_unet_path
         if path:
             sub = "unet" if (Path(path) / "unet").is_dir() else None
-            return UNet2DConditionModel.from_pretrained(path, subfolder=sub)
-        return build_image_unet(size)
-    parent = model_store.get_dir(root, model_store.model_key(variant, stage - 1))
-    if stage == 2:
-        video = build_video_unet(size)
-        inflate(UNet2DConditionModel.from_pretrained(parent), video)
-        return video
-    return UNetSpatioTemporalConditionModel.from_pretrained(parent)
+            model = UNet2DConditionModel.from_pretrained(path, subfolder=sub)
+        else:
+            model = build_image_unet(size)
+    else:
+        parent = model_store.get_dir(root, model_store.model_key(variant, stage - 1))
+        if stage == 2:
+            model = build_video_unet(size, conditioning=sc.conditioning)
+            inflate(UNet2DConditionModel.from_pretrained(parent), model)
+        else:
+            model = UNetSpatioTemporalConditionModel.from_pretrained(parent)
+            latent = model.config.out_channels
+            want = 2 * latent if sc.conditioning == "image" else latent
+            if model.config.in_channels > want:
+                raise ValueError(f"stage {stage} is text-conditioned but its parent (stage {stage - 1}) is "
+                                 "image-to-video; a stage cannot drop the image conditioning")
+            widen_conv_in(model, want)
+    if sc.grad_checkpointing:
+        model.enable_gradient_checkpointing()  # activations recomputed in backward: Stage III fits 80 GB cards
+    return model
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
@@ -90,28 +113,150 @@ def _pipes():
     return nullcontext(None)
 
 
-def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = False, progress: bool = True) -> dict:
-    """Train one stage (resuming if interrupted) and return its model info (also in models/<variant>/stage<N>)."""
-    from training.data import image_batches, video_batches
-    from training.edm import LogNormalSigma
-    from training.ema import EMA
-    from training.engine import CONFIG_DIR, load_ds_config, make_engine, resume, train_steps
-    from training.latents import load_latents
-    from training.objectives import ImageObjective, VideoObjective
+@dataclass
+class StageRun:
+    """What ``prepare`` sets up for one stage and ``train``/``export`` use."""
 
+    cfg: SvdpipeConfig
+    variant: str
+    stage: int
+    root: Storage
+    key: str
+    fingerprint: str
+    dataset_version: str
+    parent: dict | None
+    data: object  # training.latents.LatentSet of the training clips
+    ckpt_dir: Path
+    engine: object
+    ema: object
+    objective: object
+    batches: object
+    start: int
+
+
+def up_to_date(cfg: SvdpipeConfig, variant: str, stage: int) -> tuple[str, str, dict | None, dict | None]:
+    """(fingerprint, dataset version, parent info, stored info when it matches) of a stage."""
     if str(stage) not in cfg.training.stages:
         raise ValueError(f"no training.stages.{stage} in the config; stages: {sorted(cfg.training.stages)}")
-    sc = cfg.training.stages[str(stage)]
     root = open_storage(cfg.data_root)
-    key = model_store.model_key(variant, stage)
     selection = json.loads(root.read_text(f"curated/{variant}/selection.json"))
     dataset_version = selection["clip_ids_sha1"]
     parent = model_store.read_info(root, model_store.model_key(variant, stage - 1)) if stage > 1 else None
     if stage > 1 and parent is None:
         raise FileNotFoundError(f"stage {stage} starts from stage {stage - 1}: train it first (--stage {stage - 1})")
     fingerprint = stage_fingerprint(cfg, variant, stage, dataset_version, parent)
-    done = model_store.read_info(root, key)
-    if done and done.get("fingerprint") == fingerprint and not force:
+    done = model_store.read_info(root, model_store.model_key(variant, stage))
+    return fingerprint, dataset_version, parent, (done if done and done.get("fingerprint") == fingerprint else None)
+
+
+def _stage_batches(cfg: SvdpipeConfig, stage: int, data, global_batch: int):
+    from training.data import image_batches, text_video_batches, video_batches
+
+    sc, seed = cfg.training.stages[str(stage)], cfg.seed + 1000 * stage
+    if stage == 1:
+        return image_batches(data, global_batch, seed)
+    if sc.conditioning == "text":
+        return text_video_batches(data, global_batch, seed)
+    if cfg.training.cond_aug_online:
+        keys = ("latents", "cond_frame", "image_embeds", "fps", "motion_bucket")
+        return video_batches(data, global_batch, seed, keys)
+    return video_batches(data, global_batch, seed)
+
+
+def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, dataset_version: str,
+            parent: dict | None) -> StageRun:
+    """Data, model, DeepSpeed engine (resumed from the newest checkpoint), objective and batches of a stage."""
+    from training.device import resolve_device
+
+    device = resolve_device(cfg)
+    if device.type == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"  # read when DeepSpeed is imported (below), even with a GPU present
+    from training.edm import LogNormalSigma
+    from training.ema import EMA
+    from training.engine import CONFIG_DIR, load_ds_config, make_engine, resume
+    from training.latents import load_latents
+    from training.objectives import objective_for
+
+    sc = cfg.training.stages[str(stage)]
+    root = open_storage(cfg.data_root)
+    data = load_latents(root, variant, sc).split(val=False)
+    if len(data) == 0:
+        data = load_latents(root, variant, sc)  # a tiny corpus may hold out everything; train on all then
+    ckpt_dir = checkpoint_dir(root, variant, stage)
+    marker = ckpt_dir / "fingerprint.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+        shutil.rmtree(ckpt_dir)  # checkpoints of other inputs never resume into this run
+    model = build_model(root, cfg, variant, stage)
+    ds_path = Path(cfg.training.deepspeed)
+    ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
+    # bf16 compute on CUDA (fp32 master weights, accumulation and reduction); fp32 on the CPU.
+    # WarmupLR needs at least one step; one step of warm-up is no warm-up at all.
+    ds = load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=device.type == "cuda",
+                        warmup_steps=max(1, sc.warmup_steps))
+    engine = make_engine(model, ds, sc.lr, seed=cfg.seed + stage)
+    ema = EMA(engine.module, sc.ema_decay) if sc.ema_decay else None
+    start = resume(engine, ckpt_dir, ema=ema)
+    if torch.distributed.get_rank() == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    cond_vae = None
+    if stage > 1 and sc.conditioning == "image" and cfg.training.cond_aug_online:
+        from training.latents import profile_vae
+
+        cond_vae = profile_vae(cfg).to(engine.device)  # fp32, as SVD encodes (first-stage autocast off)
+    objective = objective_for(stage, sc.conditioning, LogNormalSigma(sc.P_mean, sc.P_std), sc.p_drop, cond_vae)
+    global_batch = sc.micro_batch * sc.grad_accum * torch.distributed.get_world_size()
+    return StageRun(cfg, variant, stage, root, model_store.model_key(variant, stage), fingerprint, dataset_version,
+                    parent, data, ckpt_dir, engine, ema, objective, _stage_batches(cfg, stage, data, global_batch),
+                    start)
+
+
+def _open_report(run: StageRun, stack: ExitStack, pipes, progress: bool) -> tuple[StageReport | None, dict]:
+    """Rank 0's MLflow run and progress (with the DVC hashes of every dataset the stage reads)."""
+    if torch.distributed.get_rank() != 0:
+        return None, {}
+    from svdpipe.dvc_hash import dvc_hashes
+
+    variant, stage = run.variant, run.stage
+    used = {f"curated/{variant}": f"curated/{variant}", f"latents/{variant}": f"latents/{variant}"}
+    if stage > 1:
+        used[model_store.model_key(variant, stage - 1)] = model_store.model_key(variant, stage - 1)
+    dvc = dvc_hashes(run.root, used)
+    extras = dict(pipes.extras) if pipes is not None else {}
+    report = stack.enter_context(StageReport(
+        run.cfg, variant, stage, run.dataset_version, run.ckpt_dir, run.cfg.training.stages[str(stage)].steps,
+        run.start, pipes=pipes, progress=progress,
+        tags={**{k: str(v) for k, v in extras.get("mlflow_tags", {}).items()},
+              **{f"dvc.{k}": h for k, h in dvc.items()}},
+    ))
+    report.log_text("train_clips", json.dumps(run.data.index["clip_ids"]))
+    return report, dvc
+
+
+def train(run: StageRun, report: StageReport | None) -> list[float]:
+    """The stage's remaining optimizer steps, checkpointing (and pruning) as configured."""
+    from training.engine import train_steps
+
+    cfg, sc = run.cfg, run.cfg.training.stages[str(run.stage)]
+    rank = torch.distributed.get_rank()
+
+    def on_step(r) -> None:
+        if r.step % cfg.training.checkpoint_every == 0 and rank == 0:
+            _prune(run.ckpt_dir, cfg.training.keep_checkpoints)
+        if report is not None:
+            report.step(r)
+
+    return train_steps(
+        run.engine, run.batches, max(sc.steps - run.start, 0), run.start, run.ckpt_dir,
+        cfg.training.checkpoint_every, objective=run.objective, seed=cfg.seed + run.stage, on_step=on_step,
+        ema=run.ema,
+    )
+
+
+def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = False, progress: bool = True) -> dict:
+    """Train one stage (resuming if interrupted) and return its model info (also in models/<variant>/stage<N>)."""
+    fingerprint, dataset_version, parent, done = up_to_date(cfg, variant, stage)
+    if done and not force:
         with _pipes() as pipes:
             if pipes is not None:
                 pipes.log.info(f"stage {stage} of {variant!r} is up to date (run {done.get('run_id')}); not retrained")
@@ -120,100 +265,52 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
         return {**done, "skipped": True}
 
     with _pipes() as pipes, ExitStack() as stack:
-        data = load_latents(root, variant, sc).split(val=False)
-        if len(data) == 0:
-            data = load_latents(root, variant, sc)  # a tiny corpus may hold out everything; train on all then
-        ckpt_dir = checkpoint_dir(root, variant, stage)
-        marker = ckpt_dir / "fingerprint.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
-            shutil.rmtree(ckpt_dir)  # checkpoints of other inputs never resume into this run
-        model = build_model(root, cfg, variant, stage)
-        cuda = torch.cuda.is_available()
-        ds_path = Path(cfg.training.deepspeed)
-        ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
-        # WarmupLR needs at least one step; one step of warm-up is no warm-up at all.
-        ds = load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=cuda, warmup_steps=max(1, sc.warmup_steps))
-        engine = make_engine(model, ds, sc.lr, seed=cfg.seed + stage)
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        ema = EMA(engine.module, sc.ema_decay) if sc.ema_decay else None
-        start = resume(engine, ckpt_dir, ema=ema)
-        if rank == 0:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"fingerprint": fingerprint}))
-        sigma = LogNormalSigma(sc.P_mean, sc.P_std)
-        objective = ImageObjective(sigma, sc.p_drop) if stage == 1 else VideoObjective(sigma, sc.p_drop)
-        global_batch = sc.micro_batch * sc.grad_accum * world
-        make_batches = image_batches if stage == 1 else video_batches
-        batches = make_batches(data, global_batch, cfg.seed + 1000 * stage)
-
-        report = None
-        if rank == 0:
-            from svdpipe.dvc_hash import dvc_hashes
-
-            # The DVC hash of every dataset this stage reads, as dvc.lock would record it.
-            used = {f"curated/{variant}": f"curated/{variant}", f"latents/{variant}": f"latents/{variant}"}
-            if stage > 1:
-                used[model_store.model_key(variant, stage - 1)] = model_store.model_key(variant, stage - 1)
-            dvc = dvc_hashes(root, used)
-            extras = dict(pipes.extras) if pipes is not None else {}
-            report = stack.enter_context(StageReport(
-                cfg, variant, stage, dataset_version, ckpt_dir, sc.steps, start, pipes=pipes,
-                tags={**{k: str(v) for k, v in extras.get("mlflow_tags", {}).items()},
-                      **{f"dvc.{k}": h for k, h in dvc.items()}}, progress=progress,
-            ))
-            report.log_text("train_clips", json.dumps(data.index["clip_ids"]))
+        run = prepare(cfg, variant, stage, fingerprint, dataset_version, parent)
+        report, dvc = _open_report(run, stack, pipes, progress)
         t0 = time.perf_counter()
-
-        def on_step(r) -> None:
-            if r.step % cfg.training.checkpoint_every == 0 and rank == 0:
-                _prune(ckpt_dir, cfg.training.keep_checkpoints)
-            if report is not None:
-                report.step(r)
-
-        losses = train_steps(
-            engine, batches, max(sc.steps - start, 0), start, ckpt_dir, cfg.training.checkpoint_every,
-            objective=objective, seed=cfg.seed + stage, on_step=on_step, ema=ema,
-        )
-        elapsed = time.perf_counter() - t0
+        losses = train(run, report)
         info = {
             "variant": variant, "stage": stage, "fingerprint": fingerprint, "dataset_version": dataset_version,
-            "steps": sc.steps, "resumed_from": start, "final_loss": losses[-1] if losses else None,
-            "parent_run_id": parent and parent.get("run_id"), "train_clips": len(data),
-            "seconds": elapsed, "world_size": world, "dvc_hashes": dvc if rank == 0 else {},
+            "steps": cfg.training.stages[str(stage)].steps, "resumed_from": run.start,
+            "final_loss": losses[-1] if losses else None, "parent_run_id": parent and parent.get("run_id"),
+            "train_clips": len(run.data), "seconds": time.perf_counter() - t0,
+            "world_size": torch.distributed.get_world_size(), "dvc_hashes": dvc,
+            "conditioning": "text" if stage == 1 else cfg.training.stages[str(stage)].conditioning,
         }
-        _export(engine, ema, cfg, root, variant, stage, key, info, report, data)
+        export(run, info, report)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return info
 
 
-def _export(engine, ema, cfg, root, variant, stage, key, info, report, data) -> None:
-    """Write the stage's diffusers folder (EMA weights when configured) from rank 0, then its MLflow artifacts."""
-    import deepspeed
+def export(run: StageRun, info: dict, report: StageReport | None) -> None:
+    """Write the stage's diffusers folder from the fp32 master weights (the EMA's, when configured) from rank 0,
+    then its MLflow artifacts. The next stage loads these fp32 weights."""
+    from training.engine import master_state_dict
+    from training.export import fp32_copy
 
-    module = engine.module
-    params = list(module.parameters())
-    gathered = deepspeed.zero.GatheredParameters(params) if engine.zero_optimization_stage() == 3 else nullcontext()
-    with gathered, (ema.swapped(module) if ema is not None else nullcontext()):
-        if torch.distributed.get_rank() != 0:
-            return
-        module = module.float()
-        with tempfile.TemporaryDirectory(prefix="svdpipe-export-") as tmp:
-            out = Path(tmp) / "model"
-            if stage < 3:
-                from training.export import save_unet
+    weights = master_state_dict(run.engine)  # collective: every rank takes part
+    if run.ema is not None:
+        weights.update(run.ema.state_dict())  # fp32 shadows of every trainable parameter
+    if torch.distributed.get_rank() != 0:
+        return
+    module = fp32_copy(run.engine.module, weights)
+    with tempfile.TemporaryDirectory(prefix="svdpipe-export-") as tmp:
+        out = Path(tmp) / "model"
+        if run.stage < 3:
+            from training.export import save_unet
 
-                save_unet(module, out)
-            else:
-                from training.export import export_svd_pipeline
-                from training.latents import Encoders
+            save_unet(module, out)
+        else:
+            from training.export import export_svd_pipeline
+            from training.latents import Encoders
 
-                enc = Encoders(cfg)
-                export_svd_pipeline(module, enc.vae, enc.image_encoder, enc.feature_extractor, out)
-            info["run_id"] = report.run_id if report is not None else None
-            if report is not None:
-                report.finish(module, out, info, data)
-            model_store.put_dir(root, out, key, info)
+            enc = Encoders(run.cfg)
+            export_svd_pipeline(module, enc.vae, enc.image_encoder, enc.feature_extractor, out)
+        info["run_id"] = report.run_id if report is not None else None
+        if report is not None:
+            report.finish(module, out, info, run.data)
+        model_store.put_dir(run.root, out, run.key, info)
 
 
 def main(argv: list[str] | None = None) -> None:

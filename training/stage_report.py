@@ -2,9 +2,12 @@
 
 MLflow run per stage: tags ``stage``, ``curation_variant``, ``dataset_version``; params = the resolved config;
 metrics per step = ``loss``, ``samples_per_s``, ``peak_memory_mb`` and ``loss_sigma_<lo>_<hi>`` (mean loss of
-the step's samples whose sigma fell in that bin of ``training.edm.DEFAULT_SIGMA_EDGES``); artifacts = the config,
-the loss curve, and sample videos (MP4 + GIF; stage 1: a PNG of sample images). A resumed stage continues
+the step's samples whose sigma fell in that bin of ``training.sigma_bins.DEFAULT_SIGMA_EDGES``); artifacts = the
+config, the loss curve, and sample videos (MP4 + GIF; stage 1: a PNG of sample images). A resumed stage continues
 the run it started (its id is kept beside the checkpoints).
+
+Samples run on ``compute.device`` in ``compute.dtype`` (``training.device``); their inputs are moved there by the
+samplers, so a GPU stage stores its model instead of failing on CPU tensors after training.
 """
 
 from __future__ import annotations
@@ -20,14 +23,9 @@ import torch
 from svdpipe import tracking
 from svdpipe.config import SvdpipeConfig
 from svdpipe.markdown import inline_image
-from training.edm import DEFAULT_SIGMA_EDGES, sigma_bins
+from training.sigma_bins import sigma_bin_names, sigma_bins
 
-__all__ = ["StageReport", "sigma_bin_names"]
-
-
-def sigma_bin_names() -> list[str]:
-    e = [f"{v:g}" for v in DEFAULT_SIGMA_EDGES.tolist()]
-    return [f"loss_sigma_0_{e[0]}"] + [f"loss_sigma_{a}_{b}" for a, b in zip(e, e[1:])] + [f"loss_sigma_{e[-1]}_inf"]
+__all__ = ["StageReport", "sigma_bin_names", "stage_samples"]
 
 
 def materialization_metadata(info: dict, skipped: bool, extra: dict | None = None) -> dict:
@@ -154,47 +152,53 @@ class StageReport:
         plt.close(fig)
         return path
 
-    @torch.no_grad()
     def _samples(self, module, data, tmp: Path) -> list[Path]:
-        """Two samples from the first stored clips' conditioning (the model's own view of its data)."""
-        from training.latents import profile_vae
-        from training.sampling import decode_latents, sample_video
-        from training.video_io import save_video
+        return stage_samples(self.cfg, self.stage, module, data, tmp)
 
-        t, steps, n = data.tensors, self.cfg.training.sample_steps, min(2, len(data))
-        vae = profile_vae(self.cfg)  # not Encoders: the image and text encoders are not needed to decode
-        module = module.float().eval()
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        if self.stage == 1:
-            return [self._image_samples(module, vae, t["context"][:n], tmp / "samples.png", steps, g)]
-        frames = t["latents"].shape[1]
-        z = sample_video(module, t["z_cond_aug"][:n, 0], t["image_embeds"][:n], num_frames=frames,
-                         fps=t["fps"][:n], motion_bucket_id=t["motion_bucket"][:n], sigma_aug=t["sigma_aug"][:n, 0],
-                         steps=steps, generator=g)
-        videos = decode_latents(vae, z, decode_chunk_size=frames)
-        paths: list[Path] = []
-        for i, v in enumerate(videos):
-            paths += list(save_video(v, tmp / f"sample_{i}", fps=float(t["fps"][i])))
-        return paths
 
-    def _image_samples(self, unet, vae, context, path: Path, steps: int, g) -> Path:
+@torch.no_grad()
+def stage_samples(cfg: SvdpipeConfig, stage: int, module, data, tmp: Path) -> list[Path]:
+    """Two samples from the first stored clips' conditioning (the model's own view of its data), made on
+    ``compute.device`` in ``compute.dtype``: images for Stage I, videos from the captions (text) or the first
+    frames (image) for the video stages. ``module`` is moved there (pass a copy you do not train further)."""
+    from training.device import inference_dtype, resolve_device
+    from training.latents import profile_vae
+    from training.sampling import decode_latents, sample_images, sample_text_video, sample_video
+    from training.video_io import save_video
+
+    device, dtype = resolve_device(cfg), inference_dtype(cfg)
+    t, steps, n = data.tensors, cfg.training.sample_steps, min(2, len(data))
+    vae = profile_vae(cfg).to(device)  # not Encoders: the image and text encoders are not needed to decode
+    module = module.to(device=device, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(cfg.seed)
+    shape = tuple(t["latents"].shape[-3:])
+    if stage == 1:
+        z = sample_images(module, t["context"][:n], latent_shape=shape, steps=steps, generator=g)
+        x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor, num_frames=1).sample.float().cpu()
+        imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
         from PIL import Image
 
-        from training.edm import VPredictionPreconditioning, karras_sigmas
-        from training.sampling import edm_sample
-
-        precond = VPredictionPreconditioning()
-
-        def D(x, sigma):
-            return precond.denoise(lambda xi, c: unet(xi, c, encoder_hidden_states=context).sample, x, sigma)
-
-        from training.encoders import vae_scale_factor
-
-        f, sc = vae_scale_factor(vae), self.cfg.training.stages["1"]
-        h, w = sc.height // f, sc.width // f
-        z = edm_sample(D, (context.shape[0], 4, h, w), karras_sigmas(steps, 0.002, 80.0), generator=g)
-        x = vae.decode(z / vae.config.scaling_factor, num_frames=1).sample
-        imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        path = tmp / "samples.png"
         Image.fromarray(np.concatenate(list(imgs), axis=1)).save(path)
-        return path
+        return [path]
+    frames = t["latents"].shape[1]
+    if cfg.training.stages[str(stage)].conditioning == "text":
+        z = sample_text_video(module, t["context"][:n], t["null_context"], latent_shape=shape, num_frames=frames,
+                              fps=t["fps"][:n], motion_bucket_id=t["motion_bucket"][:n], steps=steps, generator=g)
+    else:
+        if "z_cond_aug" in t:
+            z_cond, sigma_aug = t["z_cond_aug"][:n, 0], t["sigma_aug"][:n, 0]
+        else:  # a store for online augmentation holds the frame: encode it at the median sigma_aug
+            from training.conditioning import COND_AUG_P_MEAN
+            from training.encoders import encode_latents
 
+            sigma_aug = torch.full((n,), float(np.exp(COND_AUG_P_MEAN)))
+            frame = t["cond_frame"][:n]
+            z_cond = encode_latents(vae, frame + sigma_aug.view(-1, 1, 1, 1) * torch.randn(frame.shape, generator=g))
+        z = sample_video(module, z_cond, t["image_embeds"][:n], num_frames=frames, fps=t["fps"][:n],
+                         motion_bucket_id=t["motion_bucket"][:n], sigma_aug=sigma_aug, steps=steps, generator=g)
+    videos = decode_latents(vae, z, decode_chunk_size=frames).cpu()
+    paths: list[Path] = []
+    for i, v in enumerate(videos):
+        paths += list(save_video(v, tmp / f"sample_{i}", fps=float(t["fps"][i])))
+    return paths

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from training.edm import (
-    DEFAULT_SIGMA_EDGES,
     EDMPreconditioning,
     LogNormalSigma,
     VPredictionPreconditioning,
@@ -17,8 +16,8 @@ from training.edm import (
     karras_sigmas,
     linear_guidance,
     loss_weight,
-    sigma_bins,
 )
+from training.sigma_bins import DEFAULT_SIGMA_EDGES, sigma_bins
 
 F64 = torch.float64
 SIGMAS = torch.tensor([0.002, 0.1, 0.5, 1.0, 3.0, 80.0, 700.0], dtype=F64)

@@ -134,3 +134,30 @@ def test_zero3_initialises_and_steps(tmp_path):
     assert len(res["losses"]) == 1 and math.isfinite(res["losses"][0])
     assert (tmp_path / "z3" / "latest").read_text().strip() == "step1"
     assert (tmp_path / "z3" / "step1" / "ema.safetensors").is_file()
+
+
+def test_bf16_accumulates_and_reduces_in_fp32_and_exports_the_fp32_master_weights(tmp_path):
+    """A real bf16 DeepSpeed engine on the CPU: gradients accumulate and reduce in fp32, and the export holds the
+    optimizer's fp32 master weights exactly (read back independently from the ZeRO checkpoint), not the bf16
+    working copies."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    for name in ("zero2.json", "zero3.json"):
+        cfg = json.loads((CONFIGS / name).read_text())
+        assert cfg["data_types"]["grad_accum_dtype"] == "fp32" and cfg["communication_data_type"] == "fp32"
+    ckpt, export = tmp_path / "ckpt", tmp_path / "export"
+    # COMMON warms up over 2 steps (lr 0 on the first): 3 steps move the master weights off the bf16 grid.
+    res = run_engine(tmp_path, "bf16", "--bf16", "--steps", "3", "--ckpt-every", "3", "--ckpt-dir", str(ckpt),
+                     "--export", str(export))
+    assert res["model_dtype"] == "torch.bfloat16"
+    assert res["grad_accum_dtype"] == res["optimizer_grad_accum_dtype"] == "torch.float32"
+    assert res["communication_data_type"] == "torch.float32"
+
+    exported = load_file(str(export / "diffusion_pytorch_model.safetensors"))
+    master = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="step3")
+    working = weights_at(ckpt, 3)
+    assert set(exported) == set(master)
+    for name, t in exported.items():
+        assert t.dtype == torch.float32 and torch.equal(t, master[name].float()), name
+    assert working["conv_in.weight"].dtype == torch.bfloat16
+    assert sum(not torch.equal(t, working[name].float()) for name, t in exported.items()) > len(exported) // 2
