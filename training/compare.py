@@ -94,18 +94,20 @@ def _cell(row: pd.Series, m: str, best: dict[str, str], static_ratio: float) -> 
     return text + (" (static)" if blocker and blocker.startswith("static") else "")
 
 
-def _markdown(table: pd.DataFrame, metrics: list[str], best: dict[str, str], static_ratio: float) -> str:
+def _markdown(table: pd.DataFrame, metrics: list[str], best: dict[str, str], static_ratio: float,
+              eval_set: str) -> str:
     arrows = {"lower": "↓", "higher": "↑", None: "#"}
     rows = []
     for _, r in table.iterrows():
-        rows.append([r["variant"], r["dataset_version"], str(r["run_id"])[:8],
+        rows.append([r["variant"], r["eval_set"], r["dataset_version"], str(r["run_id"])[:8],
                      *[_cell(r, m, best, static_ratio) for m in metrics]])
-    shown = pd.DataFrame(rows, columns=["variant", "dataset_version", "run",
+    shown = pd.DataFrame(rows, columns=["variant", "eval_set", "dataset_version", "run",
                                         *[f"{m} ({arrows[better(m)]})" for m in metrics]])
+    head = f"Every variant on evaluation set {eval_set} (the same clips, seeds and sigmas).\n\n"
     legend = ("↓ lower is better, ↑ higher is better, # count or context; ± standard error; * best; (static): the "
               "samples barely move, so their temporal consistency cannot win. Newest evaluation run per curation "
               "variant on one evaluation set.")
-    return shown.to_markdown(index=False) + "\n\n" + legend + "\n"
+    return head + shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
 
 def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) -> Path:
@@ -220,7 +222,7 @@ def compare_variants(
     best = best_variants(table, metrics, ratio)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svdpipe-compare-"))
     png = _plot(table, metrics, out / "comparison.png", chosen) if metrics else None
-    return Comparison(table, metrics, _markdown(table, metrics, best, ratio), png, notes, chosen, best)
+    return Comparison(table, metrics, _markdown(table, metrics, best, ratio, chosen), png, notes, chosen, best)
 
 
 def log_comparison(comparison: Comparison, cfg: SvdpipeConfig) -> str:

@@ -5,6 +5,7 @@ the exported Stage III folder must load in diffusers' StableVideoDiffusionPipeli
 """
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -64,15 +65,26 @@ def test_rerun_is_up_to_date(trained):
     assert out.count("(up to date, not retrained)") == 3
 
 
-def test_evaluation_comparison_and_registration(trained):
+def test_evaluation_comparison_and_registration(trained, tmp_path):
     cli, _, _, evaluate = trained
     client, exp = _client(cli)
+    eval_sets, clips = set(), []
     for variant in ("uncurated", "svd"):
         (run,) = client.search_runs(exp, f"tags.stage = 'eval' and tags.curation_variant = '{variant}'")
         assert np.isfinite(run.data.metrics["val_loss"]) and "temporal_consistency" in run.data.metrics
+        assert np.isfinite(run.data.metrics["motion_fidelity"])  # a number, measured at the generated rate
+        assert run.data.tags["held_out"] == "true"
+        eval_sets.add(run.data.tags["eval_set"])
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))).read_text())
+        clips.append(saved["details"]["eval_clip_ids"])
         assert any(a.path == "samples" for a in client.list_artifacts(run.info.run_id))
         versions = client.search_model_versions(f"name = 'svdpipe-{variant}'")
-        assert len(versions) == 1  # the first evaluated model is registered
+        assert len(versions) == 1  # the first evaluated model is registered, and is the champion
+        assert str(client.get_model_version_by_alias(f"svdpipe-{variant}", "champion").version) == "1"
+    # One evaluation set for both variants: the same clips, seeds and sigmas, in MLflow and in the comparison.
+    assert len(eval_sets) == 1 and clips[0] == clips[1] and len(clips[0]) >= 2, (eval_sets, clips)
     (compare,) = client.search_runs(exp, "tags.stage = 'compare'")
+    assert compare.data.tags["eval_set"] in eval_sets
     assert {a.path for a in client.list_artifacts(compare.info.run_id)} >= {"comparison.png", "comparison.md"}
     assert "| uncurated" in evaluate.stdout and "| svd" in evaluate.stdout
+    assert f"evaluation set {eval_sets.pop()}" in evaluate.stdout

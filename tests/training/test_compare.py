@@ -53,6 +53,8 @@ def test_newest_eval_run_per_variant_on_one_eval_set(cfg, runs, tmp_path):
     assert not any(m.startswith(("se/", "n/")) for m in c.metrics) and t.loc["svd", "se/val_loss"] == 0.01
     assert "| svd" in c.markdown and "val_loss (↓)" in c.markdown and "motion_fidelity (↑)" in c.markdown
     assert "0.5 ± 0.01 *" in c.markdown and "compared on eval_set E1" in c.notes[0]
+    assert "evaluation set E1" in c.markdown
+    assert all(" E1 " in line for line in c.markdown.splitlines() if line.startswith(("| svd", "| uncurated")))
     assert c.png.exists() and c.png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -168,3 +168,20 @@ def test_log_evaluation_writes_one_tagged_run(setup, result):
     back = EvalResult.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics.json"))
     assert back.metrics["val_loss"] == pytest.approx(result.metrics["val_loss"]) and back.eval_set == result.eval_set
     assert back.held_out and back.details["eval_clip_ids"] == result.details["eval_clip_ids"]
+
+
+def test_an_unchanged_model_is_not_evaluated_again(setup):
+    from training.evaluation_run import evaluate_variant
+
+    cfg, root, tmp = setup
+    first = evaluate_variant(root, "svd", cfg, progress=False, log=lambda _: None)
+    again = evaluate_variant(root, "svd", cfg, progress=False, log=lambda _: None)
+    assert not first.reused and again.reused and again.run_id == first.run_id
+    assert again.result.metrics["val_loss"] == pytest.approx(first.result.metrics["val_loss"])
+    assert again.result.eval_set == first.result.eval_set and again.dvc["model"] == first.dvc["model"]
+    # Another test (here: other sigmas) is a new evaluation of the same model.
+    other = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"val_sigmas": (1.0,)})})
+    changed = evaluate_variant(root, "svd", other, progress=False, log=lambda _: None)
+    assert not changed.reused and changed.run_id != first.run_id and changed.result.eval_set != first.result.eval_set
+    with pytest.raises(FileNotFoundError, match="svdpipe train --variant nothing"):
+        evaluate_variant(root, "nothing", cfg, progress=False)
