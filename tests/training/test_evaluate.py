@@ -14,7 +14,15 @@ from svdpipe.config import EvaluationConfig, MlflowConfig, StageConfig, SvdpipeC
 from svdpipe.storage import LocalStorage
 from training import model_store
 from training.encoders import build_feature_extractor, build_image_encoder, build_vae
-from training.evaluate import EvalResult, evaluate, log_evaluation, metric_key
+from training.evaluate import (
+    EvalResult,
+    evaluate,
+    load_eval_data,
+    load_stage_model,
+    log_evaluation,
+    metric_key,
+    validation_metrics,
+)
 from training.export import export_svd_pipeline, save_unet
 from training.latents import shape_key
 from training.models import build_video_unet
@@ -118,11 +126,14 @@ def test_videos_written(result):
 
 
 def test_validation_loss_is_deterministic_and_stage2_uses_its_unet(setup, result):
-    cfg, root, tmp = setup
-    again = evaluate(root, "svd", cfg, stage=2, progress=False, out_dir=tmp / "v2", device="cpu")
-    # Same UNet weights, same latents, fixed seeds: stage 2 evaluation reproduces stage 3's numbers.
-    assert again.metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
-    assert again.details["model_info"]["stage"] == 2
+    cfg, root, _ = setup
+    unet, _, info = load_stage_model(root, "svd", cfg, 2)
+    data = load_eval_data(root, "svd", cfg.training.stages["2"]).data
+    again = validation_metrics(unet, data, cfg, "cpu")
+    # Same UNet weights, same latents, fixed seeds: stage 2's validation loss reproduces stage 3's evaluation.
+    assert again["val_loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-5)
+    assert again["se/val_loss"] == pytest.approx(result.metrics["se/val_loss"], rel=1e-4)
+    assert info["stage"] == 2
 
 
 def test_no_evaluation_clip_is_an_error_not_a_fallback(setup):
@@ -133,13 +144,14 @@ def test_no_evaluation_clip_is_an_error_not_a_fallback(setup):
 
 
 def test_evaluation_on_training_clips_is_not_held_out(setup):
-    cfg, root, tmp = setup
-    r = evaluate(root, "svd", cfg, progress=False, out_dir=tmp / "v5", device="cpu", trained_on={"clip000", "clip003"})
-    assert not r.held_out and any("trained on 1 evaluation clip" in n and "clip003" in n for n in r.notes)
-    model_store.put_dir(root, model_store.get_dir(root, "models/svd/stage3"), "models/every/stage3", {"stage": 3})
+    cfg, root, _ = setup
+    stage = cfg.training.stages["3"]
+    assert load_eval_data(root, "svd", stage, trained_on={"clip000", "clip002"}).held_out  # no evaluation clip
+    loaded = load_eval_data(root, "svd", stage, trained_on={"clip000", "clip003"})
+    assert not loaded.held_out and any("trained on 1 evaluation clip" in n and "clip003" in n for n in loaded.notes)
     write_latents(root, "every", n=3, val=[0, 1, 2])  # no training row: training.run trains on all of them
-    r = evaluate(root, "every", cfg, progress=False, out_dir=tmp / "v6", device="cpu")
-    assert not r.held_out and any("trained on them" in n for n in r.notes)
+    loaded = load_eval_data(root, "every", stage)
+    assert not loaded.held_out and any("trained on them" in n for n in loaded.notes)
 
 
 def test_single_video_reports_nan_with_reason(setup):
@@ -170,18 +182,19 @@ def test_log_evaluation_writes_one_tagged_run(setup, result):
     assert back.held_out and back.details["eval_clip_ids"] == result.details["eval_clip_ids"]
 
 
-def test_an_unchanged_model_is_not_evaluated_again(setup):
-    from training.evaluation_run import evaluate_variant
+def test_an_unchanged_model_is_not_evaluated_again(setup, result):
+    from svdpipe.dvc_hash import dvc_hashes
+    from training.evaluation_run import evaluate_variant, find_evaluation
 
-    cfg, root, tmp = setup
-    first = evaluate_variant(root, "svd", cfg, progress=False, log=lambda _: None)
+    cfg, root, _ = setup
+    model_hash = dvc_hashes(root, {"m": "models/svd/stage3"})["m"]
+    run_id = log_evaluation(result, cfg, "svd", "dv-svd", "run-svd", {"model_hash": model_hash})
     again = evaluate_variant(root, "svd", cfg, progress=False, log=lambda _: None)
-    assert not first.reused and again.reused and again.run_id == first.run_id
-    assert again.result.metrics["val_loss"] == pytest.approx(first.result.metrics["val_loss"])
-    assert again.result.eval_set == first.result.eval_set and again.dvc["model"] == first.dvc["model"]
-    # Another test (here: other sigmas) is a new evaluation of the same model.
-    other = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"val_sigmas": (1.0,)})})
-    changed = evaluate_variant(root, "svd", other, progress=False, log=lambda _: None)
-    assert not changed.reused and changed.run_id != first.run_id and changed.result.eval_set != first.result.eval_set
+    assert again.reused and again.run_id == run_id and again.dvc["model"] == model_hash
+    assert again.result.metrics["val_loss"] == pytest.approx(result.metrics["val_loss"])
+    assert again.result.eval_set == result.eval_set and again.result.held_out
+    # Another model or another test is a new evaluation.
+    assert find_evaluation(cfg, "svd", 3, "another-model", result.eval_set) is None
+    assert find_evaluation(cfg, "svd", 3, model_hash, "another-test") is None
     with pytest.raises(FileNotFoundError, match="svdpipe train --variant nothing"):
         evaluate_variant(root, "nothing", cfg, progress=False)
