@@ -1,8 +1,9 @@
-"""Evaluation per variant (metrics, sample videos, the registration rule) and the comparison of variants.
+"""Evaluation per variant (metrics on the shared evaluation set, sample videos, the registration rule) and the
+comparison of variants on one evaluation set.
 
 Stage III's model is registered in the MLflow model registry as ``svdpipe-<variant>`` only when its evaluation
-is not worse than the registered version's (``evaluation.register_metric``; the rule and figures are in the
-materialization metadata and on the model version).
+on held-out clips is not worse than the champion's (``evaluation.register_metric``; the rule and figures are in
+the materialization metadata and on the model version). An unchanged model is not evaluated again.
 """
 
 import math
@@ -27,46 +28,37 @@ def _finite(v: float) -> float | None:
     partitions_def=variants,
     deps=[finetuned_model],
     group_name="evaluation",
-    description="Held-out validation loss, Frechet distance, motion fidelity and temporal consistency of the "
-    "Stage III model, sample videos, and the registration decision; one MLflow run (stage=eval).",
+    description="Validation loss, Frechet distance, motion fidelity, temporal consistency and motion magnitude "
+    "of the Stage III model on the evaluation set shared by every variant, sample videos, and the registration "
+    "decision; one MLflow run (stage=eval, tag eval_set), reused while the model is unchanged.",
 )
 def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
-    from training import model_store
-    from training.evaluate import evaluate, log_evaluation
-    from training.registry import register_if_not_worse
+    from training.evaluation_run import evaluate_variant
 
-    cfg, root, variant = svdpipe.config, svdpipe.storage, context.partition_key
-    info = guards.model(root, variant, 3)
-    guards.latents(root, variant)
-    result = evaluate(root, variant, cfg, stage=3, progress=True)
-    run_id = log_evaluation(result, cfg, variant, info["dataset_version"], info.get("run_id"))
-    from svdpipe.dvc_hash import dvc_hashes
+    guards.model(svdpipe.storage, context.partition_key, 3)
+    guards.latents(svdpipe.storage, context.partition_key)
+    out = evaluate_variant(svdpipe.storage, context.partition_key, svdpipe.config, log=context.log.info)
+    return dg.MaterializeResult(metadata=_metadata(out))
 
-    # The DVC hashes of what was evaluated: the model folder and the held-out latents.
-    dvc = dvc_hashes(root, {"model": model_store.model_key(variant, 3), "latents": f"latents/{variant}"})
-    import mlflow as mlflow_lib
 
-    client = mlflow_lib.MlflowClient()
-    for name, value in dvc.items():
-        client.set_tag(run_id, f"dvc.{name}", value)
-    decision = None
-    if info.get("model_uri"):
-        decision = register_if_not_worse(cfg, info["model_uri"], f"svdpipe-{variant}", result.metrics)
-        context.log.info(f"registry: {decision.rule}; registered={decision.registered}")
+def _metadata(out) -> dict:
+    r, decision = out.result, out.decision
     metadata = {
-        "mlflow_run_id": run_id,
-        "model_run_id": info.get("run_id"),
-        "dataset_version": info["dataset_version"],
-        "dvc_hashes": dg.MetadataValue.json(dvc),
-        "held_out": result.held_out,
-        "videos": result.n_videos,
-        "notes": dg.MetadataValue.json(result.notes),
-        "metrics": dg.MetadataValue.json({k: _finite(v) for k, v in result.metrics.items()}),
+        "mlflow_run_id": out.run_id,
+        "model_run_id": out.model_info.get("run_id"),
+        "dataset_version": out.model_info.get("dataset_version"),
+        "eval_set": r.eval_set,
+        "evaluated_again": not out.reused,
+        "dvc_hashes": dg.MetadataValue.json(out.dvc),
+        "held_out": r.held_out,
+        "videos": r.n_videos,
+        "notes": dg.MetadataValue.json(r.notes),
+        "metrics": dg.MetadataValue.json({k: _finite(v) for k, v in r.metrics.items()}),
     }
-    for key in ("val_loss", "motion_fidelity", "temporal_consistency"):
-        if _finite(result.metrics.get(key)) is not None:
-            metadata[key] = float(result.metrics[key])
-    gifs = [p for p in result.video_paths if p.suffix == ".gif" and p.name.startswith("gen_")]
+    for key in ("val_loss", "motion_fidelity", "temporal_consistency", "motion_magnitude"):
+        if _finite(r.metrics.get(key)) is not None:
+            metadata[key] = float(r.metrics[key])
+    gifs = [p for p in r.video_paths if p.suffix == ".gif" and p.name.startswith("gen_")]
     if gifs and gifs[0].stat().st_size <= MAX_INLINE_GIF:
         metadata["sample_video"] = dg.MetadataValue.md(inline_image(gifs[0].read_bytes(), gifs[0].stem, "image/gif"))
     if decision is not None:
@@ -77,15 +69,16 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
             "candidate_value": _finite(decision.candidate_value),
             "current_value": _finite(decision.current_value),
         })
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 @dg.asset(
     deps=[evaluation],
     group_name="evaluation",
     automation_condition=dg.AutomationCondition.eager(),
-    description="The newest evaluation of every curation variant side by side: a table and a plot, in this "
-    "asset's metadata and as an MLflow run (stage=compare). Does curation make better models?",
+    description="The newest evaluation of every curation variant on one evaluation set side by side: a table "
+    "and a plot with standard errors, in this asset's metadata and as an MLflow run (stage=compare). Does "
+    "curation make better models?",
 )
 def variant_comparison(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     from training.compare import compare_variants, log_comparison
@@ -98,6 +91,7 @@ def variant_comparison(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     metadata = {
         "table": dg.MetadataValue.md(comparison.markdown),
         "variants": dg.MetadataValue.json(comparison.table["variant"].tolist()),
+        "eval_set": comparison.eval_set,
         "notes": dg.MetadataValue.json(comparison.notes),
         "mlflow_run_id": run_id,
     }

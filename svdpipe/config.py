@@ -299,7 +299,6 @@ class TrainingConfig(_Section):
         "training device, as the paper does (needs the frame's pixels in the latent store); False: pick one of "
         "the cond_aug_samples stored draws",
     )
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="clips held out for evaluation (by clip id hash)")
     text_encoder: str = Field("tiny-clip", description="open_clip model whose text tower conditions stage 1")
     text_encoder_pretrained: str | None = None
     vae_path: str | None = Field(None, description="pretrained autoencoder (folder or hub id); None: random")
@@ -320,6 +319,18 @@ class EvaluationConfig(_Section):
     feature_extractor: str = Field("clip", description="Frechet distance features: clip, or i3d with i3d_weights")
     i3d_weights: str | None = None
     register_metric: str = Field("val_loss", description="a new stage-3 model is registered only if not worse")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of usable clips held out for evaluation, by clip id hash, before any "
+        "variant filter; no variant trains on them (training.eval_set)")
+    holdout_min_clips: int = Field(
+        4, ge=0, description="at least this many evaluation clips (smallest hashes; at most half the pool)")
+    motion_sweep: tuple[int, ...] = Field(
+        (0, 85, 170, 255), min_length=2, description="motion buckets generated for the same conditioning frame and "
+        "noise; motion fidelity is the rank correlation of bucket and measured motion per frame")
+    motion_sweep_clips: int = Field(4, ge=1, description="conditioning frames (evaluation clips) swept")
+    static_motion_ratio: float = Field(
+        0.1, ge=0, description="samples moving less than this share of the real clips' motion are static: their "
+        "temporal consistency cannot win a comparison or a registration")
 
 
 class ScheduleConfig(_Section):

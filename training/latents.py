@@ -11,7 +11,8 @@ For each clip of ``curated/<variant>/shards`` and each training resolution ``HxW
   context        (N, L, D_text)   stage I text condition: open_clip's penultimate text layer (as SD 2.x uses)
   null_context   (1, L, D_text)   the empty caption's context, for condition dropout
   fps, motion_score, motion_bucket (N,)
-  val            (N,)             1 for clips held out for evaluation (by a hash of the clip id)
+  val            (N,)             1 for the evaluation set's clips (training.eval_set: the same for every
+                                  variant, appended from its own shards; no variant trains on them)
 
 F frames are taken every ``stride`` source frames, stride = round(clip fps / training.frame_rate) (shortened
 when the clip is too short), from the middle of the clip, away from the transitions at its ends; ``fps`` is the
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from svdpipe.config import StageConfig, SvdpipeConfig
 from svdpipe.storage import Storage
+from training import eval_set
 from training.conditioning import motion_bucket, sample_cond_aug
 
 __all__ = ["LatentSet", "build_latents", "load_latents", "shape_key", "text_context"]
@@ -95,11 +97,6 @@ def _to_tensor(frames: list[np.ndarray], height: int, width: int) -> Tensor:
     x = nnf.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
     return x[:, :, top : top + height, left : left + width].clamp(-1, 1)
-
-
-def _is_val(clip_id: str, fraction: float) -> bool:
-    h = int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
-    return h < fraction
 
 
 def _clip_seed(seed: int, clip_id: str) -> int:
@@ -195,6 +192,7 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
     selection = json.loads(root.read_text(f"{base}/selection.json"))
     shards = sorted(k for k in root.list(f"{base}/shards") if k.endswith(".tar"))
     t = cfg.training
+    held_out, eval_shards = eval_set.prepare(root, cfg, progress)
     stages = {shape_key(s): s for s in t.stages.values()}
     enc: Encoders | None = None
     out: dict[str, dict] = {}
@@ -206,7 +204,7 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
             "cond_aug_samples": t.cond_aug_samples,
             "frame_rate": t.frame_rate,
             "motion_score_max": t.motion_score_max,
-            "val_fraction": t.val_fraction,
+            "eval_set": held_out.fingerprint,
             "seed": cfg.seed,
             "encoders": [t.vae_path, t.image_encoder_path, t.text_encoder, t.text_encoder_pretrained],
         }
@@ -219,9 +217,14 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
         enc = enc or Encoders(cfg)
         rows: dict[str, list] = {}
         kept, skipped, captions = [], {}, []
-        bar = tqdm(total=selection.get("clips_kept"), desc=f"latents {variant} {key}", unit="clip", disable=not progress)
-        for clip_id, mp4, meta, caption in _read_shards(root, shards):
+        bar = tqdm(total=selection.get("clips_kept", 0) + len(held_out), desc=f"latents {variant} {key}", unit="clip",
+                   disable=not progress)
+        for clip_id, mp4, meta, caption, role in eval_set.with_held_out(
+                _read_shards(root, shards), _read_shards(root, eval_shards), held_out):
             bar.update(1)
+            if role == "held_out":
+                skipped[clip_id] = eval_set.HELD_OUT
+                continue
             frames, fps = _decode_clip(mp4)
             if len(frames) < stage.frames:
                 skipped[clip_id] = f"{len(frames)} frames < {stage.frames} needed"
@@ -233,7 +236,7 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
             item["fps"] = torch.tensor(fps / item.pop("stride"))
             item["motion_score"] = torch.tensor(score)
             item["motion_bucket"] = motion_bucket(0.0 if score != score else score, t.motion_score_max).float()
-            item["val"] = torch.tensor(float(_is_val(clip_id, t.val_fraction)))
+            item["val"] = torch.tensor(float(role == "eval"))
             for name, v in item.items():
                 rows.setdefault(name, []).append(v)
             kept.append(clip_id)

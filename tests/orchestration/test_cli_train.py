@@ -5,6 +5,7 @@ the exported Stage III folder must load in diffusers' StableVideoDiffusionPipeli
 """
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -64,15 +65,34 @@ def test_rerun_is_up_to_date(trained):
     assert out.count("(up to date, not retrained)") == 3
 
 
-def test_evaluation_comparison_and_registration(trained):
-    cli, _, _, evaluate = trained
+def test_evaluation_comparison_and_registration(trained, tmp_path):
+    from svdpipe.config import load_config
+    from training.latents import load_latents
+
+    cli, root, _, evaluate = trained
     client, exp = _client(cli)
+    stage = load_config("tiny", str(root)).training.stages["3"]
+    eval_sets, clips = set(), []
     for variant in ("uncurated", "svd"):
         (run,) = client.search_runs(exp, f"tags.stage = 'eval' and tags.curation_variant = '{variant}'")
         assert np.isfinite(run.data.metrics["val_loss"]) and "temporal_consistency" in run.data.metrics
+        assert np.isfinite(run.data.metrics["motion_fidelity"])  # a number, measured at the generated rate
+        # A variant whose every clip is an evaluation clip (svd keeps 1 clip of this small corpus) has trained on
+        # them (training.run's fallback): its evaluation is not held out and its model is never registered.
+        trains = len(load_latents(open_storage(str(root)), variant, stage).split(val=False)) > 0
+        assert run.data.tags["held_out"] == str(trains).lower(), variant
+        eval_sets.add(run.data.tags["eval_set"])
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))).read_text())
+        clips.append(saved["details"]["eval_clip_ids"])
         assert any(a.path == "samples" for a in client.list_artifacts(run.info.run_id))
         versions = client.search_model_versions(f"name = 'svdpipe-{variant}'")
-        assert len(versions) == 1  # the first evaluated model is registered
+        assert len(versions) == int(trains)  # the first evaluated model is registered, and is the champion
+        if trains:
+            assert str(client.get_model_version_by_alias(f"svdpipe-{variant}", "champion").version) == "1"
+    # One evaluation set for both variants: the same clips, seeds and sigmas, in MLflow and in the comparison.
+    assert len(eval_sets) == 1 and clips[0] == clips[1] and len(clips[0]) >= 2, (eval_sets, clips)
     (compare,) = client.search_runs(exp, "tags.stage = 'compare'")
+    assert compare.data.tags["eval_set"] in eval_sets
     assert {a.path for a in client.list_artifacts(compare.info.run_id)} >= {"comparison.png", "comparison.md"}
     assert "| uncurated" in evaluate.stdout and "| svd" in evaluate.stdout
+    assert f"evaluation set {eval_sets.pop()}" in evaluate.stdout

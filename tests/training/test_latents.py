@@ -25,7 +25,8 @@ def test_latents_of_every_stage_resolution(curated_copy):
     assert set(built) == {shape_key(s) for s in cfg.training.stages.values()}
     kept = json.loads(root.read_text("curated/uncurated/selection.json"))["clips_kept"]
     for key, index in built.items():
-        assert index["clips"] + len(index["skipped"]) == kept  # every curated clip is stored or has a reason
+        # Every curated clip is stored or has a reason (an evaluation clip's: held out); evaluation rows come extra.
+        assert index["clips"] - index["val_clips"] + len(index["skipped"]) == kept
     stage = cfg.training.stages["2"]
     data = load_latents(root, "uncurated", stage)
     t, n, k = data.tensors, len(data), cfg.training.cond_aug_samples

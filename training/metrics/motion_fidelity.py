@@ -1,11 +1,18 @@
 """Motion fidelity: does a generated video move as much as its motion bucket asked for?
 
 SVD conditions on a motion bucket derived from the curation motion score (Blattmann et al. 2023, Sec. 4;
-``training.conditioning.motion_bucket``). This metric measures the generated videos with the *same* scorer the
-curation step uses (``curation.motion``: Farneback flow between frames sampled at ``curation.sample_fps``, on
-grayscale frames resized to ``curation.motion.flow_short_side``; the clip's score is the mean magnitude) and
-reports Spearman's rank correlation between requested buckets and measured scores. Ranks make it independent of
-the (monotone, configurable) bucket mapping: 1 means more requested motion always gave more measured motion.
+``training.conditioning.motion_bucket``). Generated videos are measured with the curation scorer
+(``curation.motion``: Farneback flow on grayscale frames resized to ``curation.motion.flow_short_side``, the mean
+magnitude), and the metric is Spearman's rank correlation between requested buckets and measured motion.
+
+Per conditioning frame (``motion_fidelity_per_frame``): the same first frame and the same noise are sampled with
+buckets b_1 < ... < b_B, and rho is computed over those B videos; the metric is the mean of rho over frames. A
+correlation across *different* clips would let clip content (a busy scene moves more whatever was asked) stand in
+for the requested motion; sweeping the bucket for one frame isolates it. Ranks make it independent of the
+(monotone, configurable) bucket mapping: 1 means more requested motion always gave more measured motion.
+
+A generated video is short (4 frames in the tiny profile, 14-25 in SVD's), too short for curation's 2 fps, so
+``generated_motion`` measures between every pair of consecutive generated frames (the generated rate).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from curation.motion import flow_magnitudes
 from svdpipe.config import CurationConfig, MotionConfig
 from training.video_io import to_uint8_frames
 
-__all__ = ["motion_fidelity", "motion_score", "motion_scores", "sample_indices"]
+__all__ = ["generated_motion", "motion_fidelity", "motion_fidelity_per_frame", "motion_score", "motion_scores",
+           "sample_indices"]
 
 # The curation defaults, so that generated and training clips are measured alike unless configured otherwise.
 SAMPLE_FPS: float = CurationConfig.model_fields["sample_fps"].default
@@ -80,3 +88,25 @@ def motion_fidelity(requested_buckets: Sequence[float], videos, fps: float | Seq
     if np.ptp(buckets) == 0 or np.ptp(scores) == 0:
         return float("nan")
     return float(spearmanr(buckets, scores).statistic)
+
+
+def generated_motion(videos, flow_short_side: int = FLOW_SHORT_SIDE) -> np.ndarray:
+    """``motion_score`` of each video between every pair of consecutive frames (the generated rate)."""
+    return motion_scores(videos, 1.0, sample_fps=1.0, flow_short_side=flow_short_side)
+
+
+def motion_fidelity_per_frame(buckets: Sequence[float], scores) -> np.ndarray:
+    """Spearman rho per conditioning frame: ``scores[k, j]`` is the motion measured on the video generated from
+    frame k with bucket ``buckets[j]`` (same frame, same noise). NaN for a frame whose measured motion is
+    constant or undefined (rho is undefined there)."""
+    b = np.asarray(buckets, np.float64)
+    s = np.atleast_2d(np.asarray(scores, np.float64))
+    if s.shape[1] != len(b):
+        raise ValueError(f"{len(b)} buckets for {s.shape[1]} videos per frame")
+    if len(b) < 2 or np.ptp(b) == 0:
+        raise ValueError(f"a sweep needs at least two different buckets, got {list(b)}")
+    out = np.full(len(s), np.nan)
+    for k, row in enumerate(s):
+        if not np.isnan(row).any() and np.ptp(row) > 0:
+            out[k] = float(spearmanr(b, row).statistic)
+    return out

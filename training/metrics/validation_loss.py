@@ -55,15 +55,17 @@ def validation_loss(
     A batch is a tensor x0 or a mapping holding x0 under ``x0_key`` (the training batches' ``latents``).
     ``loss_fn(x0, sigma, noise, batch)`` returns the per-sample loss for x = x0 + sigma * noise, so the same
     metric serves the image and the video objectives (``objective_loss_fn``). Returns ``mean`` (over all samples
-    and sigmas), ``per_sigma`` {sigma: mean loss}, ``sigmas`` and ``num_samples`` (held-out samples seen).
+    and sigmas), ``per_sigma`` {sigma: mean loss}, ``sigmas``, ``num_samples`` (held-out samples seen) and
+    ``per_sample`` (each sample's mean over sigmas: its spread gives the figure's standard error).
     """
     sigmas = [float(s) for s in sigmas]
     if not sigmas or min(sigmas) <= 0:
         raise ValueError(f"sigmas must be a non-empty list of positive values, got {sigmas}")
     sums = np.zeros(len(sigmas), np.float64)
-    n = 0
+    n, per_sample_all = 0, []
     for b, batch in enumerate(batches):
         x0 = _x0(batch, x0_key)
+        over_sigmas = np.zeros(x0.shape[0], np.float64)
         for j, s in enumerate(sigmas):
             noise = torch.randn(x0.shape, generator=noise_generator(seed, b, j), dtype=torch.float32)
             sigma = torch.full((x0.shape[0],), s, dtype=torch.float32)
@@ -74,6 +76,8 @@ def validation_loss(
                     f"got {tuple(per_sample.shape)}"
                 )
             sums[j] += float(per_sample.double().sum())
+            over_sigmas += per_sample.double().cpu().numpy() / len(sigmas)
+        per_sample_all.append(over_sigmas)
         n += x0.shape[0]
     if n == 0:
         raise ValueError("no held-out batches")
@@ -83,6 +87,7 @@ def validation_loss(
         "per_sigma": dict(zip(sigmas, per_sigma.tolist())),
         "sigmas": sigmas,
         "num_samples": n,
+        "per_sample": np.concatenate(per_sample_all).tolist(),  # each sample's mean over sigmas
     }
 
 

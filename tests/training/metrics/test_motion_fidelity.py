@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics.motion_fidelity import motion_fidelity, motion_score, motion_scores, sample_indices
+from training.metrics.motion_fidelity import (
+    generated_motion,
+    motion_fidelity,
+    motion_fidelity_per_frame,
+    motion_score,
+    motion_scores,
+    sample_indices,
+)
 
 
 def _texture(seed: int, h: int, w: int) -> np.ndarray:
@@ -75,3 +82,26 @@ def test_float_channel_first_videos_and_sampling_rate():
     assert np.isnan(motion_fidelity([5, 5, 5], videos, fps=8))
     with pytest.raises(ValueError):
         motion_fidelity([1, 2], videos, fps=8)
+
+
+def test_generated_motion_measures_a_short_video_at_its_own_rate():
+    # 4 frames generated for 7 fps: curation's 2 fps keeps one frame (NaN); consecutive frames give a number.
+    videos = np.stack([_moving_square(s, frames=4) for s in (0, 2, 4)])
+    assert np.isnan(motion_scores(videos, fps=7)).all()
+    measured = generated_motion(videos)
+    assert np.all(np.isfinite(measured)) and np.all(np.diff(measured) > 0), measured
+
+
+def test_per_frame_sweep_is_not_fooled_by_clip_content():
+    # Frame A shows a calm scene, frame B a busy one; each moves more when asked for more.
+    buckets = [0, 255]
+    scores = np.array([[0.1, 0.2], [5.0, 5.1]])
+    assert motion_fidelity_per_frame(buckets, scores) == pytest.approx([1.0, 1.0])
+    # One video per clip with buckets spread across clips (A asked 255, B asked 0) reads content as motion: -1.
+    assert motion_fidelity([255, 0], [_moving_square(0.5), _moving_square(4)], fps=2) == pytest.approx(-1.0)
+    # A frame whose motion does not change with the bucket has no rank correlation; it is NaN, not a failure.
+    assert np.isnan(motion_fidelity_per_frame(buckets, [[1.0, 1.0]])[0])
+    with pytest.raises(ValueError):
+        motion_fidelity_per_frame(buckets, [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError):
+        motion_fidelity_per_frame([5, 5], [[1.0, 2.0]])
