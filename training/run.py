@@ -98,6 +98,7 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
     from training.engine import CONFIG_DIR, load_ds_config, make_engine, resume, train_steps
     from training.latents import load_latents
     from training.objectives import ImageObjective, VideoObjective
+    from training import perf
 
     if str(stage) not in cfg.training.stages:
         raise ValueError(f"no training.stages.{stage} in the config; stages: {sorted(cfg.training.stages)}")
@@ -127,12 +128,13 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
         marker = ckpt_dir / "fingerprint.json"
         if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
             shutil.rmtree(ckpt_dir)  # checkpoints of other inputs never resume into this run
-        model = build_model(root, cfg, variant, stage)
+        model = perf.prepare_model(build_model(root, cfg, variant, stage), cfg.training.perf)
         cuda = torch.cuda.is_available()
         ds_path = Path(cfg.training.deepspeed)
         ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
         # WarmupLR needs at least one step; one step of warm-up is no warm-up at all.
-        ds = load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=cuda, warmup_steps=max(1, sc.warmup_steps))
+        ds = perf.ds_config(load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=cuda,
+                                           warmup_steps=max(1, sc.warmup_steps)), cfg.training.perf)
         engine = make_engine(model, ds, sc.lr, seed=cfg.seed + stage)
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         ema = EMA(engine.module, sc.ema_decay) if sc.ema_decay else None
