@@ -25,6 +25,9 @@ if ! command -v "$PY" >/dev/null 2>&1; then
 fi
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# torch/torchvision are pinned in pyproject.toml; pip on Python 3.11 takes them from this machine's disk.
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+# Exact versions with hashes from requirements.lock (refresh: `make lock`), then svdpipe itself without
+# resolving again. torch/torchvision are pinned there; pip on Python 3.11 takes them from this machine's disk.
+"$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
 "$VENV/bin/python" -c "import torch, torchvision, av, dagster, mlflow; print('svdpipe environment ready: torch', torch.__version__, '| dagster', dagster.__version__, '| mlflow', mlflow.__version__)"

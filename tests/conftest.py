@@ -19,6 +19,20 @@ REPO = Path(__file__).resolve().parent.parent
 SVDPIPE = str(Path(sys.executable).parent / "svdpipe")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep what shares an expensive fixture on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``).
+
+    A module's tests stay together (its module-scoped fixtures are built once), and every test that reads the
+    session's ``trained`` data root (both variants through all stages) runs on the same worker, which builds it once.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = "trained" if "trained" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """SeaweedFS on free loopback ports for the whole session; the AWS variables point at it."""
@@ -51,9 +65,12 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests) and /chunked/<file> (no length)."""
+    """Serves a folder, plus /flaky/<n>/<file> (503 for the first n requests) and /chunked/<file> (no length).
 
-    failures: dict[str, int] = {}
+    ``failures`` counts requests per path; each server gets its own subclass, so no count outlives its test.
+    """
+
+    failures: dict[str, int]
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -62,8 +79,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         if parts[0] == "flaky":
             n, rest = int(parts[1]), "/".join(parts[2:])
-            seen = _Handler.failures.get(self.path, 0)
-            _Handler.failures[self.path] = seen + 1
+            seen = self.failures.get(self.path, 0)
+            self.failures[self.path] = seen + 1
             if seen < n:
                 self.send_error(503, "try again")
                 return
@@ -89,7 +106,8 @@ def http_root(tmp_path):
     """(folder, base URL): a loopback HTTP server over a temporary folder."""
     folder = tmp_path / "www"
     folder.mkdir()
-    handler = lambda *a, **kw: _Handler(*a, directory=str(folder), **kw)  # noqa: E731
+    handler_class = type("Handler", (_Handler,), {"failures": {}})
+    handler = lambda *a, **kw: handler_class(*a, directory=str(folder), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
