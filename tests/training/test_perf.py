@@ -149,3 +149,11 @@ def test_svd_profile_turns_the_settings_on():
     perf = load_config("svd", environ={}).training.perf
     assert perf.parameter_alignment and perf.fused_adamw and perf.channels_last and perf.cudnn_benchmark
     assert load_config("tiny", environ={}).training.perf == PerfConfig()
+
+
+def test_gpu_small_profile_builds_small_unets_on_cuda():
+    from training.models import build_video_unet, count_parameters
+
+    cfg = load_config("gpu-small", environ={})
+    assert cfg.compute.device == "cuda" and cfg.training.model_size == "small"
+    assert 2_000_000 < count_parameters(build_video_unet("small", device="meta")) < 200_000_000
