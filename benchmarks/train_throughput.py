@@ -11,9 +11,17 @@ matrix-product rate (the roof a UNet step can at best approach) so every figure 
 Model FLOPs per sample = 3 x forward FLOPs (backward = 2 x forward), counted by torch's FlopCounterMode on
 one forward pass; activation recomputation (--grad-checkpointing) is not counted, as MFU conventionally omits it.
 
+The throughput settings of ``training.perf`` (training/perf.py) are flags here, so a GPU run measures each one:
+--parameter-alignment, --channels-last, --cudnn-benchmark, --fused-adamw, --overlap-comm, --compile blocks (its
+compile time, the first step's extra time, is reported apart as ``compile_s``). ``misaligned_params`` counts the
+weights that do not start on a 16-byte boundary inside DeepSpeed's flat buffer; --profile also reports the top
+kernels and the share of GEMM time in Turing-generation (sm75) and Hopper (sm90) kernels.
+
 Examples:
   python benchmarks/train_throughput.py --stage 2 --size tiny            # CPU, minutes
   python benchmarks/train_throughput.py --stage 2 --size svd --micro-batch 1 --out out.json   # H100/H200
+  python benchmarks/train_throughput.py --stage 2 --size svd --micro-batch 2 --parameter-alignment --fused-adamw \
+      --channels-last --cudnn-benchmark --profile prof.txt --out out.json
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ SHAPES = {
     ("tiny", 1): (64, 64, 1),
     ("tiny", 2): (64, 64, 4),
     ("tiny", 3): (96, 96, 4),
+    ("small", 1): (128, 128, 1),
+    ("small", 2): (128, 128, 8),
+    ("small", 3): (192, 192, 8),
     ("svd", 1): (256, 384, 1),
     ("svd", 2): (320, 576, 14),
     ("svd", 3): (576, 1024, 14),
@@ -70,8 +81,27 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def profile_steps(engine, fn, start: int, objective, device, step_s: float, path: str) -> None:
-    """Kernel-time table of two steps, and how busy the device was (kernel time / wall time)."""
+# Substrings of GEMM kernel names by GPU generation: cuBLAS/CUTLASS name the target architecture in the kernel.
+GEMM_SM75 = ("cutlass_75", "s1688gemm", "sm75")
+GEMM_HOPPER = ("sm90", "nvjet", "wgmma")
+
+
+def top_kernels(events, key: str, n: int = 15) -> list[dict]:
+    """The ``n`` device kernels (not the aten ops that launch them) with the most self time, in ms."""
+    kernels = [e for e in events if getattr(e, key, 0) > 0 and getattr(e, "self_cpu_time_total", 0) == 0]
+    kernels.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"name": e.key, "ms": getattr(e, key) / 1e3, "calls": e.count} for e in kernels[:n]]
+
+
+def gemm_shares(events, key: str) -> dict:
+    """Share of all kernel time spent in sm75-class and in Hopper-class GEMM kernels."""
+    total = sum(getattr(e, key, 0) for e in events if getattr(e, "self_cpu_time_total", 0) == 0) or 1
+    share = lambda marks: sum(getattr(e, key, 0) for e in events if any(m in e.key for m in marks)) / total  # noqa: E731
+    return {"gemm_sm75_share": share(GEMM_SM75), "gemm_hopper_share": share(GEMM_HOPPER)}
+
+
+def profile_steps(engine, fn, start: int, objective, device, step_s: float, path: str) -> dict:
+    """Kernel-time table of two steps, how busy the device was (kernel time / wall time), and the top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     from training.engine import train_steps
@@ -85,9 +115,13 @@ def profile_steps(engine, fn, start: int, objective, device, step_s: float, path
     events = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     busy = sum(getattr(e, key, 0) for e in events) / 1e6
+    kernels = top_kernels(events, key)
     with open(path, "w") as fh:
         fh.write(f"wall {wall:.3f} s for 2 steps (timed run {step_s:.3f} s/step); {key} {busy:.3f} s\n")
         fh.write(events.table(sort_by=key, row_limit=40, max_name_column_width=70))
+        fh.write("\ntop kernels (self time, 2 steps):\n")
+        fh.writelines(f"{k['ms']:10.2f} ms {k['calls']:6d}x  {k['name']}\n" for k in kernels)
+    return {"top_kernels": kernels, **gemm_shares(events, key)}
 
 
 def forward_flops(objective, model, batch: dict, dtype: torch.dtype) -> int:
@@ -127,7 +161,7 @@ def batches(stage: int, size: str, global_batch: int, seed: int, s, shape):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
-    p.add_argument("--size", choices=("tiny", "svd"), default="tiny")
+    p.add_argument("--size", choices=("tiny", "small", "svd"), default="tiny")
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
@@ -136,12 +170,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--frames", type=int)
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (after the FLOP count)")
+    p.add_argument("--compile", choices=("none", "blocks"), default="none",
+                   help="training.perf.compile: blocks = torch.compile each res-block and transformer (after the FLOP count)")
+    p.add_argument("--parameter-alignment", action="store_true", help="training.perf.parameter_alignment (ZeRO-2)")
+    p.add_argument("--channels-last", action="store_true", help="training.perf.channels_last")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="training.perf.cudnn_benchmark")
+    p.add_argument("--fused-adamw", action="store_true", help="training.perf.fused_adamw")
+    p.add_argument("--overlap-comm", action="store_true", help="training.perf.overlap_comm")
     p.add_argument("--profile", help="write a torch.profiler table of 2 extra steps to this file")
     p.add_argument("--out", help="append the result as one JSON line to this file")
     a = p.parse_args(argv)
 
+    from svdpipe.config import PerfConfig
     from training.engine import CONFIG_DIR, load_ds_config, make_engine, train_steps
+    from training.perf import compile_blocks, ds_config, misaligned_parameters, prepare_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda"
@@ -155,8 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
     if a.grad_checkpointing:
         model.enable_gradient_checkpointing()
     params = sum(p.numel() for p in model.parameters())
-    ds = load_ds_config(CONFIG_DIR / f"zero{a.zero}.json", a.micro_batch, 1, bf16, warmup_steps=1)
+    perf = PerfConfig(parameter_alignment=a.parameter_alignment, channels_last=a.channels_last,
+                      cudnn_benchmark=a.cudnn_benchmark, compile=a.compile, fused_adamw=a.fused_adamw,
+                      overlap_comm=a.overlap_comm)
+    prepare_model(model, perf.model_copy(update={"compile": "none"}))  # compiled after the FLOP count
+    ds = ds_config(load_ds_config(CONFIG_DIR / f"zero{a.zero}.json", a.micro_batch, 1, bf16, warmup_steps=1), perf)
     engine = make_engine(model, ds, 1e-5, seed=0)
+    misaligned = len(misaligned_parameters(engine.module))
     world = torch.distributed.get_world_size()
     fn = batches(a.stage, a.size, a.micro_batch * world, 0, s, shape)
 
@@ -165,19 +212,26 @@ def main(argv: list[str] | None = None) -> dict:
     flops_fwd = forward_flops(objective, engine, probe, dtype) / a.micro_batch
     del probe
 
-    if a.compile:
-        engine.module.compile()
-    train_steps(engine, fn, a.warmup, 0, objective=objective)
+    if a.compile == "blocks":
+        compile_blocks(engine.module)
+    # The first step apart: with --compile it holds the compile time, reported as compile_s.
+    _sync(device)
+    t = time.perf_counter()
+    train_steps(engine, fn, 1, 0, objective=objective)
+    _sync(device)
+    first_s = time.perf_counter() - t
+    train_steps(engine, fn, max(a.warmup - 1, 0), 1, objective=objective)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     t = time.perf_counter()
-    losses = train_steps(engine, fn, a.steps, a.warmup, objective=objective)
+    losses = train_steps(engine, fn, a.steps, max(a.warmup, 1), objective=objective)
     _sync(device)
     seconds = time.perf_counter() - t
 
+    kernels = {}
     if a.profile:
-        profile_steps(engine, fn, a.warmup + a.steps, objective, device, seconds / a.steps, a.profile)
+        kernels = profile_steps(engine, fn, max(a.warmup, 1) + a.steps, objective, device, seconds / a.steps, a.profile)
     samples_per_s = a.steps * a.micro_batch * world / seconds
     achieved = 3 * flops_fwd * samples_per_s / world  # per device
     name = torch.cuda.get_device_name() if bf16 else "cpu"
@@ -191,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "grad_checkpointing": a.grad_checkpointing,
         "compiled": a.compile,
+        "perf": perf.model_dump(),
+        "misaligned_params": misaligned,
+        "compile_s": first_s - seconds / a.steps if a.compile != "none" else None,
         "params": params,
         "shape_hwf": shape,
         "micro_batch": a.micro_batch,
@@ -205,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_memory_gib": peak_memory_bytes(device) / 2**30,
         "final_loss": losses[-1],
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **kernels,
     }
     line = json.dumps(result)
     if torch.distributed.get_rank() == 0:

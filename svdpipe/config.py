@@ -278,10 +278,33 @@ def _default_stages() -> dict[str, StageConfig]:
     }
 
 
+class PerfConfig(_Section):
+    """Throughput settings of the training step (training.perf, docs/training-throughput.md): each leaves the maths as
+    it is (equal losses on CPU up to summation order) and changes only how fast a GPU runs it."""
+
+    parameter_alignment: bool = Field(
+        False, description="ZeRO-1/2: pad DeepSpeed's flat weight buffer so every parameter starts 16-byte aligned "
+        "(the video UNet's one-element mix_factor weights otherwise shift later weights off the alignment cuBLAS's "
+        "Hopper kernels need)",
+    )
+    channels_last: bool = Field(
+        False, description="feed every 2-d convolution NHWC input (cuDNN's tensor-core layout) instead of NCHW",
+    )
+    cudnn_benchmark: bool = Field(False, description="let cuDNN time its convolution algorithms once per shape")
+    compile: Literal["none", "blocks"] = Field(
+        "none", description="torch.compile: none, or each UNet res-block and transformer separately (regional "
+        "compilation, far quicker to compile than the whole UNet)",
+    )
+    fused_adamw: bool = Field(False, description="torch's fused AdamW kernel for the optimizer step")
+    overlap_comm: bool = Field(False, description="ZeRO: overlap gradient reduction with the backward pass")
+
+
 class TrainingConfig(_Section):
     """The three stages and what they share; the ``svd`` profile sets the paper's values."""
 
-    model_size: Literal["tiny", "svd"] = Field("tiny", description="UNet, autoencoder and image-encoder sizes")
+    model_size: Literal["tiny", "small", "svd"] = Field(
+        "tiny", description="UNet, autoencoder and image-encoder sizes (small: a GPU check of the whole chain)"
+    )
     deepspeed: str = Field("zero2", description="infra/deepspeed/<name>.json (zero2 or zero3) or a path")
     nproc: int = Field(1, ge=1, description="training processes per node (torchrun --nproc-per-node)")
     stages: dict[str, StageConfig] = Field(default_factory=_default_stages)
@@ -305,6 +328,7 @@ class TrainingConfig(_Section):
     image_encoder_path: str | None = Field(None, description="pretrained CLIP image encoder; None: random")
     image_unet_path: str | None = Field(None, description="initial stage 1 weights (e.g. SD 2.1's UNet)")
     sample_steps: int = Field(8, ge=1, description="sampler steps for the sample videos logged per stage")
+    perf: PerfConfig = Field(default_factory=PerfConfig, description="throughput settings (training/perf.py)")
 
 
 class EvaluationConfig(_Section):

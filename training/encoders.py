@@ -4,7 +4,8 @@ Sizes:
   "svd"  - the released Stable Video Diffusion components: ``AutoencoderKLTemporalDecoder`` (SD's KL
            encoder, a temporal decoder, 8x downsampling, 4 latent channels) and the OpenCLIP ViT-H/14 vision
            tower with its 1024-d projection; random init unless ``path`` names saved weights.
-  "tiny" - the same classes at toy width (4x downsampling, 224-px CLIP with 32-px patches), for CPU tests.
+  "tiny" - the same classes at toy width (4x downsampling, 224-px CLIP with 32-px patches), for CPU tests;
+           "small" uses tiny's autoencoder and a 4-layer, 256-wide CLIP tower (a GPU check, not quality).
 
 One autoencoder class serves every stage: its encoder is SD's KL encoder, so the latents asset (stage 1 and
 the video stages) and the exported SVD pipeline share one latent space.
@@ -87,7 +88,7 @@ def build_vae(
 
 
 # (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, patch_size)
-_CLIP_DIMS = {"svd": (1280, 32, 16, 5120, 14), "tiny": (32, 2, 2, 64, 32)}
+_CLIP_DIMS = {"svd": (1280, 32, 16, 5120, 14), "small": (256, 4, 4, 1024, 32), "tiny": (32, 2, 2, 64, 32)}
 
 
 def image_encoder_config(size: str) -> CLIPVisionConfig:

@@ -3,6 +3,7 @@
 Sizes:
   "svd"  - the released networks: Stable Diffusion 2.1's UNet for Stage I and diffusers'
            default ``UNetSpatioTemporalConditionModel`` config (the released SVD net) for Stages II/III.
+  "small" - the same classes at a width that keeps a GPU busy, for the GPU check of the whole chain.
   "tiny" - the same classes and the same block layout at toy width, for CPU tests.
 
 The image and video configs of one size share block types, widths, heads and layer counts so
@@ -39,6 +40,16 @@ SPECS: dict[str, UNetSpec] = {
         heads=(5, 10, 20, 20),
         layers_per_block=2,
         cross_attention_dim=1024,
+    ),
+    # A GPU check of the whole chain (configs/gpu-small.yaml): real widths and 32-ch heads, three levels, the tiny
+    # autoencoder's latents; 64-d cross-attention like tiny, so the tiny text tower still conditions stage 1.
+    "small": UNetSpec(
+        block_out_channels=(128, 256, 512),
+        attn_levels=(True, True, False),
+        heads=(4, 8, 16),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        addition_time_embed_dim=64,
     ),
     # Widths stay multiples of 32 because GroupNorm uses 32 groups throughout; 16-ch heads.
     "tiny": UNetSpec(

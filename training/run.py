@@ -176,6 +176,7 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
     from training.engine import CONFIG_DIR, load_ds_config, make_engine, resume
     from training.latents import load_latents
     from training.objectives import objective_for
+    from training import perf
 
     sc = cfg.training.stages[str(stage)]
     root = open_storage(cfg.data_root)
@@ -186,13 +187,13 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
     marker = ckpt_dir / "fingerprint.json"
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
         shutil.rmtree(ckpt_dir)  # checkpoints of other inputs never resume into this run
-    model = build_model(root, cfg, variant, stage)
+    model = perf.prepare_model(build_model(root, cfg, variant, stage), cfg.training.perf)
     ds_path = Path(cfg.training.deepspeed)
     ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
     # bf16 compute on CUDA (fp32 master weights, accumulation and reduction); fp32 on the CPU.
     # WarmupLR needs at least one step; one step of warm-up is no warm-up at all.
-    ds = load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=device.type == "cuda",
-                        warmup_steps=max(1, sc.warmup_steps))
+    ds = perf.ds_config(load_ds_config(ds_path, sc.micro_batch, sc.grad_accum, bf16=device.type == "cuda",
+                                       warmup_steps=max(1, sc.warmup_steps)), cfg.training.perf)
     engine = make_engine(model, ds, sc.lr, seed=cfg.seed + stage)
     ema = EMA(engine.module, sc.ema_decay) if sc.ema_decay else None
     start = resume(engine, ckpt_dir, ema=ema)
