@@ -40,7 +40,8 @@ def version_of(cfg: SvdpipeConfig) -> str:
     """Everything that changes a score: the curation settings (minus parallelism), the seed of tiny models, and the
     networks' precision when it is not float32."""
     parts = cfg.curation.model_dump(mode="json", exclude=_NOT_SCORES)
-    version = {"curation": repr(parts), "seed": cfg.seed}
+    # "rows" names what a score file holds: a file written before clips carried their embeddings is rescored.
+    version = {"curation": repr(parts), "seed": cfg.seed, "rows": "embeddings"}
     if cfg.compute.dtype != "float32":
         version["dtype"] = cfg.compute.dtype
     return scoring_version(version)

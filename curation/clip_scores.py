@@ -73,6 +73,12 @@ class ClipScorer:
         Per clip the same means as ``aesthetic`` and ``text_similarity``; the networks see frames and captions of
         every clip together, ``cfg.batch_size`` at a time.
         """
+        return [(a, s) for a, s, _ in self.clip_looks(clips, captions)]
+
+    def clip_looks(self, clips: list[list[np.ndarray]], captions: list[str]
+                   ) -> list[tuple[float, float, np.ndarray]]:
+        """``clip_scores`` plus each clip's image embedding: the unit mean of its frames' unit embeddings (what
+        near-duplicate removal compares)."""
         emb = self.embed_images([f for frames in clips for f in frames])
         per_frame = aesthetic.score(self._head, emb)
         txt = self.embed_texts(captions)
@@ -81,7 +87,8 @@ class ClipScorer:
             e, a = emb[start : start + len(frames)], per_frame[start : start + len(frames)]
             start += len(frames)
             # Unit vectors can give |cos| a hair above 1 in float32; the contract is [-1, 1].
-            out.append((float(np.mean(a)), float(np.clip(np.mean(_unit(e) @ t), -1.0, 1.0))))
+            mean = _unit(_unit(e).mean(axis=0, keepdims=True))[0]
+            out.append((float(np.mean(a)), float(np.clip(np.mean(_unit(e) @ t), -1.0, 1.0)), mean))
         return out
 
     def scores(self, frames: list[np.ndarray], caption: str) -> dict[str, float | str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.dedup import thumbnail_embedding
 from curation.clips_table import clip_id
 from curation.cuts import CutCascade, shots_from_cuts
 from curation.decode import decode_once
@@ -154,13 +155,16 @@ def _score_together(clips: list[list[np.ndarray]], scorers: Scorers) -> list[dic
         return []
     ratios = scorers.text.frame_ratios([f for frames in clips for f in frames])
     captions = scorers.captioner.captions(clips)
-    looks = scorers.clip.clip_scores(clips, captions)
+    looks = scorers.clip.clip_looks(clips, captions)
     out, start = [], 0
-    for frames, caption, (aesthetic, similarity) in zip(clips, captions, looks):
+    for frames, caption, (aesthetic, similarity, embedding) in zip(clips, captions, looks):
         per_frame = ratios[start : start + len(frames)]
         start += len(frames)
+        # Both embeddings are kept for near-duplicate removal (curation/dedup.py picks one by config).
         out.append({"text_area_ratio": max(per_frame), "text_area_per_frame": per_frame, "caption": caption,
-                    "aesthetic_score": aesthetic, "clip_text_similarity": similarity})
+                    "aesthetic_score": aesthetic, "clip_text_similarity": similarity,
+                    "image_embedding": embedding.astype(float).tolist(),
+                    "thumbnail_embedding": thumbnail_embedding(frames).astype(float).tolist()})
     return out
 
 

@@ -37,7 +37,8 @@ def test_a_video_that_fails_to_decode_is_recorded_not_raised(tmp_path, corpus):
 
 # Reduced precision against float32, per score: bf16 keeps ~3 significant digits, so a CLIP cosine moves by a few
 # 1e-3 and a CRAFT region score near a threshold can move a box edge by a pixel (a few 1e-3 of a frame).
-PRECISION_TOLERANCE = {"text_area_ratio": 5e-3, "aesthetic_score": 1e-3, "clip_text_similarity": 5e-3}
+# Text area at the tiny profile's 160 px: a box edge moving by one pixel is ~5e-3 of the frame.
+PRECISION_TOLERANCE = {"text_area_ratio": 1e-2, "aesthetic_score": 1e-3, "clip_text_similarity": 5e-3}
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
