@@ -252,15 +252,16 @@ def train_steps(
         if ema is not None:
             ema.update(engine.module)
         done = step + 1
+        # The step is reported before its checkpoint: a run killed once `latest` names step N has logged step N.
+        if on_step is not None:
+            n = sample_losses.shape[0]
+            on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
         if ckpt_dir is not None and ckpt_every > 0 and done % ckpt_every == 0:
             if ema is not None and rank == 0:
                 ema.save(Path(ckpt_dir) / f"step{done}" / EMA_FILE)
             engine.save_checkpoint(
                 str(ckpt_dir), tag=f"step{done}", client_state={"step": done, "rng": _rng_state()}
             )
-        if on_step is not None:
-            n = sample_losses.shape[0]
-            on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
     return losses
 
 
