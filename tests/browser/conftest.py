@@ -2,7 +2,7 @@
 
 Playwright's Python client drives the system's ``chromium`` (Debian's package, installed by ``make setup``)
 through ``executable_path``; no browser is downloaded. Screenshots go to ``$SVDPIPE_SCREENSHOTS``, default
-``<repo>/.artifacts/screenshots``, and are kept after the run.
+pytest's temporary folder, and are kept after the run.
 """
 
 from __future__ import annotations
@@ -157,8 +157,9 @@ def chromium_executable() -> str:
 
 
 @pytest.fixture(scope="session")
-def screenshot_dir() -> Path:
-    folder = Path(os.environ.get("SVDPIPE_SCREENSHOTS") or REPO / ".artifacts" / "screenshots").resolve()
+def screenshot_dir(tmp_path_factory) -> Path:
+    # Never inside the repository: under pytest's temporary folder unless SVDPIPE_SCREENSHOTS names one.
+    folder = Path(os.environ.get("SVDPIPE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

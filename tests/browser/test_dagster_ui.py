@@ -12,7 +12,6 @@ from urllib.parse import quote
 
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
 
 # Dagster's first-visit "Join the community" dialog would cover the graph in screenshots.
 _NO_COMMUNITY_DIALOG = "window.localStorage.setItem('communityNux', JSON.stringify('1'));"

@@ -13,7 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+# The first test here may build the session's `trained` root (both variants, all stages): its setup counts.
+pytestmark = pytest.mark.timeout(1800)
+
 
 
 def _page_text(page, limit: int = 2000) -> str:

@@ -16,6 +16,9 @@ from svdpipe.storage import open_storage
 
 from tests.conftest import TRAIN_STEPS as STEPS, train_args
 
+# The first test here may build the session's `trained` root (both variants, all stages): its setup counts.
+pytestmark = pytest.mark.timeout(1800)
+
 
 def _client(cli):
     uri = cli.env["MLFLOW_TRACKING_URI"]

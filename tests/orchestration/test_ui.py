@@ -24,13 +24,15 @@ def test_ui_serves_the_asset_graph(cli, tmp_path):
     elsewhere.mkdir()
     # The default: <project home>/.dagster, whatever the working directory.
     env = {**{k: v for k, v in cli.env.items() if k != "DAGSTER_HOME"}, "SVDPIPE_HOME": str(home)}
+    # Output goes to a file: a pipe nobody reads would block the server once its buffer fills.
+    log = tmp_path / "ui.log"
     proc = subprocess.Popen([cli.svdpipe, "ui", "--port", str(port)], cwd=elsewhere, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         keys = None
         while time.monotonic() < deadline and keys is None:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             try:
                 data = _graphql(port, "{ assetNodes { assetKey { path } } }")
                 keys = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
