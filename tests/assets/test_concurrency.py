@@ -1,5 +1,8 @@
 """Dagster's side of one writer per data root: the writers share the root's pool; the queue runs one at a time."""
 
+import subprocess
+import sys
+
 import dagster as dg
 import yaml
 
@@ -10,7 +13,10 @@ WRITERS = {"ingested_batch", "videos", "clip_scores", "clips", "curated_dataset"
 
 
 def test_the_pool_is_the_data_roots(tmp_path):
-    assert POOL == data_root_pool(load_config().data_root)
+    # In a fresh process: other tests in this one may have activated another configuration since the import.
+    check = ("from assets.concurrency import POOL, data_root_pool; from svdpipe.config import load_config; "
+             "assert POOL == data_root_pool(load_config().data_root)")
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=tmp_path)
     assert data_root_pool(str(tmp_path)) == data_root_pool(f"{tmp_path}/./") != data_root_pool(str(tmp_path / "x"))
     assert data_root_pool("s3://b/root/") == data_root_pool("s3://b/root") != data_root_pool("s3://b/other")
 
@@ -44,7 +50,8 @@ def test_queued_runs_on_one_data_root_leave_the_queue_one_at_a_time(tmp_path):
             instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
             return run.run_id
 
-        ensure_pool(instance, load_config().data_root)  # what the CLI and the sensor do
+        # What the CLI and the sensor do (ensure_pool) for the data root the code location's POOL was built from.
+        instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
         writers = [queued(curate) for _ in range(2)]
         trainer = queued(train, tags={"dagster/partition": "svd"})
         picked = {r.run_id for r in QueuedRunCoordinatorDaemon(interval_seconds=1)._get_runs_to_dequeue(
