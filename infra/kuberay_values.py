@@ -10,20 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from infra.helm_values import Image, _Strict  # one strict base and image model for every chart's values
 
 KUBERAY_VALUES = Path(__file__).resolve().parent / "helm" / "kuberay-values.yaml"
 CLIENT_PORT = 10001  # the chart's Ray client port on the head service
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class Image(_Strict):
-    repository: str
-    tag: str
-    pullPolicy: str = Field(pattern="^(Always|IfNotPresent|Never)$")
 
 
 class Resources(_Strict):
