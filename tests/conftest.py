@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
 import os
+
+# Under pytest-xdist (one worker per core) each worker and every process it starts computes on one thread, so
+# the workers do not oversubscribe the cores (OpenMP threads spin while they wait for a core). Set before torch
+# is imported anywhere in the worker; children inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import http.server  # noqa: E402
 import subprocess
 import sys
 import tempfile
@@ -21,6 +28,8 @@ SVDPIPE = str(Path(sys.executable).parent / "svdpipe")
 # Tests never read or write a person's project (its svdpipe.yaml, .dagster, .mlflow): an empty project home per
 # test process, set before any test module builds the Dagster definitions from it.
 os.environ["SVDPIPE_HOME"] = tempfile.mkdtemp(prefix="svdpipe-test-home-")
+# The DVC repositories tests create have no .dvc/config of ours: no analytics daemon calling out from them.
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 
 @pytest.hookimpl(tryfirst=True)
