@@ -9,7 +9,8 @@ the stage-2 model at the finetuning resolution and noise (adding the image condi
 ``train_stage`` is ``prepare`` (data, model, engine, resume), ``train`` (steps, checkpoints) and ``export``
 (fp32 master weights to a diffusers folder, samples, MLflow), on the device ``compute.device`` names. Each
 stage reads its latents (``training.latents``), trains with DeepSpeed (``training.engine``), checkpoints every
-``training.checkpoint_every`` steps and resumes from the newest one, logs one MLflow run (continued on resume)
+``training.checkpoint_every`` steps under the data root (``training.checkpoints``: ``ROOT/checkpoints/<variant>/
+stage<N>``, on S3 too) and resumes from the newest one, logs one MLflow run (continued on resume)
 and writes ``models/<variant>/stage<N>`` (stage 3: a ``StableVideoDiffusionPipeline`` folder).
 
 A stage whose model already exists for the same inputs is not retrained (a rerun is idempotent).
