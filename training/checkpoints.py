@@ -147,7 +147,8 @@ class Checkpoints:
     def save(self, engine, tag: str, client_state: dict, ema=None) -> None:
         """Collective: save ``tag`` from every rank, upload it, then point ``latest`` at it and prune."""
         local = self.local_dir / tag
-        if _is_first_on_node() if self.remote else _rank() == 0:
+        clears = _is_first_on_node() if self.remote else _rank() == 0  # a local root is one folder for all nodes
+        if clears:
             shutil.rmtree(local, ignore_errors=True)
             local.mkdir(parents=True, exist_ok=True)  # also on nodes without rank 0, where DeepSpeed makes none
         if self.remote and _rank() == 0:
