@@ -1,7 +1,7 @@
 """Training assets: clip latents, then the three stages, one partition per curation variant.
 
-Each stage runs as its own process (``training.run`` through ``training.launch.command``: python, or torchrun
-for several processes) under Dagster Pipes, which streams its logs and reports its materialization (MLflow
+Each stage runs as its own process (``training.run`` through ``training.launch.for_config``: python, or torchrun
+for several processes or nodes) under Dagster Pipes, which streams its logs and reports its materialization (MLflow
 run, losses, loss curve). DeepSpeed's process-global state is why a stage never runs inside the Dagster
 process itself.
 """
@@ -12,7 +12,7 @@ from assets import guards
 from assets.curation import curated_dataset
 from assets.partitions import variants
 from assets.resources import SvdpipeResource
-from training.launch import command
+from training.launch import for_config
 
 # The Dagster run queue (infra/dagster.postgres.yaml) limits concurrent runs with this tag.
 TRAIN_TAGS = {"svdpipe/stage": "train"}
@@ -65,9 +65,10 @@ def _stage_asset(stage: int, name: str, upstream, description: str):
         guards.latents(svdpipe.storage, context.partition_key)
         if stage > 1:
             guards.model(svdpipe.storage, context.partition_key, stage - 1)
-        cmd = command(
-            stage, context.partition_key, profile=svdpipe.profile, data_root=svdpipe.data_root,
-            params_file=svdpipe.params_file, overrides=svdpipe.overrides, nproc=cfg.training.nproc,
+        # This node's launcher; with training.nnodes > 1 the other nodes start theirs (docs/deployment.md).
+        cmd = for_config(
+            cfg, stage, context.partition_key, profile=svdpipe.profile, data_root=svdpipe.data_root,
+            params_file=svdpipe.params_file, overrides=svdpipe.overrides,
         )
         context.log.info("launching " + " ".join(cmd))
         tags = {"dagster.run_id": context.run.run_id, "dagster.asset": name,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from svdpipe import project
 
@@ -307,6 +307,18 @@ class TrainingConfig(_Section):
     )
     deepspeed: str = Field("zero2", description="infra/deepspeed/<name>.json (zero2 or zero3) or a path")
     nproc: int = Field(1, ge=1, description="training processes per node (torchrun --nproc-per-node)")
+    nnodes: int = Field(1, ge=1, description="nodes of one training job (torchrun --nnodes); every node runs the "
+                        "same stage command (docs/deployment.md)")
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port where the nodes meet (torchrun --rdzv-endpoint), a free port on one of them; "
+        "needed when nnodes > 1",
+    )
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d", description="c10d: torchrun's rendezvous, node ranks assigned as nodes join (restarted nodes may "
+        "swap); static: node_rank fixes them and the endpoint is the first node's master address",
+    )
+    node_rank: int = Field(0, ge=0, description="this node's rank (torchrun --node-rank), read by the static "
+                           "rendezvous only; set per node, e.g. SVDPIPE__TRAINING__NODE_RANK")
     stages: dict[str, StageConfig] = Field(default_factory=_default_stages)
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between DeepSpeed checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
@@ -329,6 +341,18 @@ class TrainingConfig(_Section):
     image_unet_path: str | None = Field(None, description="initial stage 1 weights (e.g. SD 2.1's UNet)")
     sample_steps: int = Field(8, ge=1, description="sampler steps for the sample videos logged per stage")
     perf: PerfConfig = Field(default_factory=PerfConfig, description="throughput settings (training/perf.py)")
+
+    @model_validator(mode="after")
+    def _nodes(self) -> TrainingConfig:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("training.nnodes > 1 needs training.rdzv_endpoint (host:port of the rendezvous)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"training.node_rank {self.node_rank} is not below training.nnodes {self.nnodes}")
+        return self
+
+
+# Where and on how many processes a stage runs; the results do not depend on them (tests/training/test_multinode.py).
+LAUNCH_FIELDS = frozenset({"nproc", "nnodes", "rdzv_endpoint", "rdzv_backend", "node_rank"})
 
 
 class EvaluationConfig(_Section):

@@ -8,7 +8,9 @@ Under it, unless set otherwise:
   command, the Dagster code location, its schedules and sensors use by default (``svdpipe settings`` writes it);
 - ``data/``: the data root;
 - ``.dagster/``: the Dagster instance (``$DAGSTER_HOME``);
-- ``.mlflow/``: the MLflow store (``$MLFLOW_TRACKING_URI``).
+- ``.mlflow/``: the MLflow store (``$MLFLOW_TRACKING_URI``);
+- ``.cache/``: this machine's scratch, e.g. the staging folder of DeepSpeed checkpoints kept on S3
+  (``training.checkpoints``).
 
 So a command gives the same answer from any folder of the project, and a checkout after ``make demo`` serves the
 demo's data to ``make ui``.
@@ -95,3 +97,8 @@ def dagster_home(environ: Mapping[str, str] | None = None) -> Path:
 def mlflow_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Folder of the embedded MLflow store (SQLite file and artifacts): ``<project home>/.mlflow``."""
     return project_home(environ) / ".mlflow"
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """This machine's scratch folder: ``<project home>/.cache`` (on a cluster, give each node its own home)."""
+    return project_home(environ) / ".cache"

@@ -143,7 +143,8 @@ def start_run(
 ) -> Iterator:
     """Open an MLflow run with the resolved config as params; yields the active run.
 
-    ``run_id`` continues an existing run (a resumed training stage appends to the run it started). A run with
+    ``run_id`` continues an existing run (a resumed training stage appends to the run it started, keeping its
+    params). A run with
     a ``stage`` tag is named ``<stage> <variant>`` whatever ``run_name`` says; one opened for a Dagster run (tag
     ``dagster.run_id``, or ``set_pipeline_run``) is a child of that run's parent.
     """
@@ -159,5 +160,9 @@ def start_run(
     if run_id is not None:
         all_tags = None  # tags were set when the run started; MLflow refuses new tags on a resumed start
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=all_tags, run_id=run_id) as run:
-        mlflow.log_params({k: v[:MAX_PARAM_LEN] for k, v in cfg.flat().items()})
+        params = {k: v[:MAX_PARAM_LEN] for k, v in cfg.flat().items()}
+        # A continued run keeps the params it started with: MLflow refuses to change one, and what may differ on a
+        # resume (where and on how many processes it runs, how often it checkpoints) does not change its results.
+        logged = run.data.params if run_id is not None else {}
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         yield run

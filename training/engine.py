@@ -8,7 +8,8 @@ Resume contract: a run of N steps equals a run of k steps plus a fresh process r
 N - k more. That holds because (a) data come from ``batches_fn(step)`` and noise from a generator seeded by
 ``seed + step``, never from the global RNG, and (b) model, optimizer and scheduler state travel in the
 DeepSpeed checkpoint, with the step and global RNG states in ``client_state``, and (c) the optional weight EMA
-(``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``.
+(``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``. Where checkpoints live and
+the order in which ranks save, upload and resume them is ``training.checkpoints``'s.
 
 Numerics (as Stability's ``generative-models`` trains SVD): with ``bf16`` the network's working copy and its
 compute are bf16, while DeepSpeed keeps fp32 master weights in the optimizer, accumulates gradients in fp32
@@ -49,6 +50,7 @@ if not torch.cuda.is_available():
 
 import deepspeed
 
+from training.checkpoints import EMA_FILE, Checkpoints, as_checkpoints
 from training.edm import LogNormalSigma
 from training.ema import EMA
 from training.objectives import ImageObjective, Objective, VideoObjective
@@ -63,8 +65,6 @@ __all__ = [
     "seed_everything",
     "train_steps",
 ]
-
-EMA_FILE = "ema.safetensors"
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "infra" / "deepspeed"
 
@@ -216,7 +216,7 @@ def train_steps(
     batches_fn: Callable[[int], Batch],
     steps: int,
     start_step: int = 0,
-    ckpt_dir: str | Path | None = None,
+    ckpt_dir: Checkpoints | str | Path | None = None,
     ckpt_every: int = 0,
     *,
     objective: Objective | None = None,
@@ -230,8 +230,9 @@ def train_steps(
     objective draws its randomness for all of it from a generator seeded by ``seed + step``, then each rank
     takes its contiguous share and splits it into ``grad_accum`` micro-batches. DeepSpeed scales each backward
     by 1/grad_accum, averages gradients over ranks and steps the optimizer at the boundary, so one iteration
-    here is one optimizer (and scheduler) step whatever the split. Checkpoints go to ``ckpt_dir`` as tag
-    ``step{n}`` after every ``ckpt_every``-th completed step; ``latest`` points at the newest.
+    here is one optimizer (and scheduler) step whatever the split. Checkpoints go to ``ckpt_dir`` (a
+    ``training.checkpoints.Checkpoints``, or a folder) as tag ``step{n}`` after every ``ckpt_every``-th completed
+    step; ``latest`` points at the newest once every rank has saved it.
 
     ``ema`` (built on ``engine.module``) is updated after every optimizer step, on every rank (a collective
     under ZeRO-3), and rank 0 writes it to ``<ckpt_dir>/step{n}/ema.safetensors`` *before* the DeepSpeed
@@ -241,7 +242,7 @@ def train_steps(
     seed = engine.svd_seed if seed is None else seed
     accum = engine.gradient_accumulation_steps()
     micro = engine.train_micro_batch_size_per_gpu()
-    rank = torch.distributed.get_rank()
+    ckpt = as_checkpoints(ckpt_dir) if ckpt_dir is not None else None
 
     losses: list[float] = []
     for step in range(start_step, start_step + steps):
@@ -256,12 +257,8 @@ def train_steps(
         if on_step is not None:
             n = sample_losses.shape[0]
             on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
-        if ckpt_dir is not None and ckpt_every > 0 and done % ckpt_every == 0:
-            if ema is not None and rank == 0:
-                ema.save(Path(ckpt_dir) / f"step{done}" / EMA_FILE)
-            engine.save_checkpoint(
-                str(ckpt_dir), tag=f"step{done}", client_state={"step": done, "rng": _rng_state()}
-            )
+        if ckpt is not None and ckpt_every > 0 and done % ckpt_every == 0:
+            ckpt.save(engine, f"step{done}", {"step": done, "rng": _rng_state()}, ema=ema)
     return losses
 
 
@@ -286,24 +283,25 @@ def master_state_dict(engine) -> dict[str, Tensor]:
     return out
 
 
-def resume(engine, ckpt_dir: str | Path, tag: str | None = None, *, ema: EMA | None = None) -> int:
+def resume(engine, ckpt_dir: Checkpoints | str | Path, tag: str | None = None, *, ema: EMA | None = None) -> int:
     """Load the ``latest`` (or given ``tag``) checkpoint into ``engine``; return the step to continue from.
 
-    Returns 0 when ``ckpt_dir`` holds no checkpoint, so callers can resume unconditionally. With ``ema``, its
-    shadows and update count are reloaded from the checkpoint's ``ema.safetensors`` on every rank; a missing
-    file is an error rather than a silent restart of the average.
+    Collective. Returns 0 when ``ckpt_dir`` holds no checkpoint, so callers can resume unconditionally. Every
+    rank reads ``latest`` from the checkpoints' home and loads the tag from its node's copy (downloaded first when
+    the home is on S3). With ``ema``, its shadows and update count are reloaded from the checkpoint's
+    ``ema.safetensors`` on every rank; a missing file is an error rather than a silent restart of the average.
     """
-    latest = Path(ckpt_dir) / "latest"
+    ckpt = as_checkpoints(ckpt_dir)
+    tag = tag or ckpt.latest()
     if tag is None:
-        if not latest.is_file():
-            return 0
-        tag = latest.read_text().strip()
-    ema_path = Path(ckpt_dir) / tag / EMA_FILE
+        return 0
+    ckpt.fetch(tag)
+    ema_path = ckpt.local_dir / tag / EMA_FILE
     if ema is not None and not ema_path.is_file():
-        raise FileNotFoundError(f"checkpoint {tag} in {ckpt_dir} has no EMA weights ({ema_path})")
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        raise FileNotFoundError(f"checkpoint {tag} in {ckpt.uri()} has no EMA weights ({ema_path})")
+    path, client_state = engine.load_checkpoint(str(ckpt.local_dir), tag=tag)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load a checkpoint from {ckpt_dir} (tag={tag})")
+        raise RuntimeError(f"DeepSpeed could not load a checkpoint from {ckpt.uri()} (tag={tag})")
     if ema is not None:
         ema.load(ema_path)
     if "rng" in client_state:

@@ -9,7 +9,8 @@ the stage-2 model at the finetuning resolution and noise (adding the image condi
 ``train_stage`` is ``prepare`` (data, model, engine, resume), ``train`` (steps, checkpoints) and ``export``
 (fp32 master weights to a diffusers folder, samples, MLflow), on the device ``compute.device`` names. Each
 stage reads its latents (``training.latents``), trains with DeepSpeed (``training.engine``), checkpoints every
-``training.checkpoint_every`` steps and resumes from the newest one, logs one MLflow run (continued on resume)
+``training.checkpoint_every`` steps under the data root (``training.checkpoints``: ``ROOT/checkpoints/<variant>/
+stage<N>``, on S3 too) and resumes from the newest one, logs one MLflow run (continued on resume)
 and writes ``models/<variant>/stage<N>`` (stage 3: a ``StableVideoDiffusionPipeline`` folder).
 
 A stage whose model already exists for the same inputs is not retrained (a rerun is idempotent).
@@ -21,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from contextlib import ExitStack, nullcontext
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from svdpipe.config import SvdpipeConfig, load_config
-from svdpipe.storage import LocalStorage, Storage, open_storage
-from training import model_store
+from svdpipe.config import LAUNCH_FIELDS, SvdpipeConfig, load_config
+from svdpipe.storage import Storage, open_storage
+from training import checkpoints, model_store
+from training.checkpoints import Checkpoints
 from training.stage_report import StageReport, materialization_metadata
 
 __all__ = [
@@ -45,7 +46,7 @@ def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_vers
 
     Gradient checkpointing changes memory, not results, so switching it never retrains a stage."""
     t = cfg.training
-    shared = t.model_dump(mode="json", exclude={"stages", "nproc", "checkpoint_every", "keep_checkpoints"})
+    shared = t.model_dump(mode="json", exclude={"stages", "checkpoint_every", "keep_checkpoints", *LAUNCH_FIELDS})
     text = json.dumps(
         [variant, stage, dataset_version,
          t.stages[str(stage)].model_dump(mode="json", exclude={"grad_checkpointing"}), shared, cfg.seed,
@@ -53,12 +54,6 @@ def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_vers
         sort_keys=True,
     )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def checkpoint_dir(root: Storage, variant: str, stage: int) -> Path:
-    """DeepSpeed writes checkpoints to a file system: under the data root when it is local, else ./.checkpoints."""
-    key = f"checkpoints/{variant}/stage{stage}"
-    return root.local_path(key) if isinstance(root, LocalStorage) else Path(".checkpoints").resolve() / key
 
 
 def build_model(root: Storage, cfg: SvdpipeConfig, variant: str, stage: int):
@@ -98,12 +93,6 @@ def build_model(root: Storage, cfg: SvdpipeConfig, variant: str, stage: int):
     return model
 
 
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _pipes():
     """Dagster Pipes when launched by a Dagster asset (rank 0 only), else nothing."""
     if int(os.environ.get("RANK", "0")) == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
@@ -126,7 +115,7 @@ class StageRun:
     dataset_version: str
     parent: dict | None
     data: object  # training.latents.LatentSet of the training clips
-    ckpt_dir: Path
+    ckpt: Checkpoints
     engine: object
     ema: object
     objective: object
@@ -183,10 +172,6 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
     data = load_latents(root, variant, sc).split(val=False)
     if len(data) == 0:
         data = load_latents(root, variant, sc)  # a tiny corpus may hold out everything; train on all then
-    ckpt_dir = checkpoint_dir(root, variant, stage)
-    marker = ckpt_dir / "fingerprint.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
-        shutil.rmtree(ckpt_dir)  # checkpoints of other inputs never resume into this run
     model = perf.prepare_model(build_model(root, cfg, variant, stage), cfg.training.perf)
     ds_path = Path(cfg.training.deepspeed)
     ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
@@ -196,10 +181,9 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
                                        warmup_steps=max(1, sc.warmup_steps)), cfg.training.perf)
     engine = make_engine(model, ds, sc.lr, seed=cfg.seed + stage)
     ema = EMA(engine.module, sc.ema_decay) if sc.ema_decay else None
-    start = resume(engine, ckpt_dir, ema=ema)
-    if torch.distributed.get_rank() == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    ckpt = checkpoints.for_stage(root, variant, stage, keep=cfg.training.keep_checkpoints)
+    ckpt.reset(fingerprint)  # checkpoints of other inputs never resume into this run
+    start = resume(engine, ckpt, ema=ema)
     cond_vae = None
     if stage > 1 and sc.conditioning == "image" and cfg.training.cond_aug_online:
         from training.latents import profile_vae
@@ -208,7 +192,7 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
     objective = objective_for(stage, sc.conditioning, LogNormalSigma(sc.P_mean, sc.P_std), sc.p_drop, cond_vae)
     global_batch = sc.micro_batch * sc.grad_accum * torch.distributed.get_world_size()
     return StageRun(cfg, variant, stage, root, model_store.model_key(variant, stage), fingerprint, dataset_version,
-                    parent, data, ckpt_dir, engine, ema, objective, _stage_batches(cfg, stage, data, global_batch),
+                    parent, data, ckpt, engine, ema, objective, _stage_batches(cfg, stage, data, global_batch),
                     start)
 
 
@@ -225,7 +209,7 @@ def _open_report(run: StageRun, stack: ExitStack, pipes, progress: bool) -> tupl
     dvc = dvc_hashes(run.root, used)
     extras = dict(pipes.extras) if pipes is not None else {}
     report = stack.enter_context(StageReport(
-        run.cfg, variant, stage, run.dataset_version, run.ckpt_dir, run.cfg.training.stages[str(stage)].steps,
+        run.cfg, variant, stage, run.dataset_version, run.ckpt, run.cfg.training.stages[str(stage)].steps,
         run.start, pipes=pipes, progress=progress,
         tags={**{k: str(v) for k, v in extras.get("mlflow_tags", {}).items()},
               **{f"dvc.{k}": h for k, h in dvc.items()}},
@@ -239,18 +223,10 @@ def train(run: StageRun, report: StageReport | None) -> list[float]:
     from training.engine import train_steps
 
     cfg, sc = run.cfg, run.cfg.training.stages[str(run.stage)]
-    rank = torch.distributed.get_rank()
-
-    def on_step(r) -> None:
-        if r.step % cfg.training.checkpoint_every == 0 and rank == 0:
-            _prune(run.ckpt_dir, cfg.training.keep_checkpoints)
-        if report is not None:
-            report.step(r)
-
     return train_steps(
-        run.engine, run.batches, max(sc.steps - run.start, 0), run.start, run.ckpt_dir,
-        cfg.training.checkpoint_every, objective=run.objective, seed=cfg.seed + run.stage, on_step=on_step,
-        ema=run.ema,
+        run.engine, run.batches, max(sc.steps - run.start, 0), run.start, run.ckpt,
+        cfg.training.checkpoint_every, objective=run.objective, seed=cfg.seed + run.stage,
+        on_step=report.step if report is not None else None, ema=run.ema,
     )
 
 

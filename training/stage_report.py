@@ -4,7 +4,7 @@ MLflow run per stage: tags ``stage``, ``curation_variant``, ``dataset_version``;
 metrics per step = ``loss``, ``samples_per_s``, ``peak_memory_mb`` and ``loss_sigma_<lo>_<hi>`` (mean loss of
 the step's samples whose sigma fell in that bin of ``training.sigma_bins.DEFAULT_SIGMA_EDGES``); artifacts = the
 config, the loss curve, and sample videos (MP4 + GIF; stage 1: a PNG of sample images). A resumed stage continues
-the run it started (its id is kept beside the checkpoints).
+the run it started (its id is kept beside the checkpoints, under the data root).
 
 Samples run on ``compute.device`` in ``compute.dtype`` (``training.device``); their inputs are moved there by the
 samplers, so a GPU stage stores its model instead of failing on CPU tensors after training.
@@ -23,9 +23,12 @@ import torch
 from svdpipe import tracking
 from svdpipe.config import SvdpipeConfig
 from svdpipe.markdown import inline_image
+from training.checkpoints import Checkpoints
 from training.sigma_bins import sigma_bin_names, sigma_bins
 
 __all__ = ["StageReport", "sigma_bin_names", "stage_samples"]
+
+RUN_FILE = "mlflow_run.json"  # beside the stage's checkpoints
 
 
 def materialization_metadata(info: dict, skipped: bool, extra: dict | None = None) -> dict:
@@ -44,11 +47,11 @@ def _peak_memory_mb() -> float:
 
 
 class StageReport:
-    def __init__(self, cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, ckpt_dir: Path,
+    def __init__(self, cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, ckpt: Checkpoints,
                  total_steps: int, start_step: int, *, pipes=None, tags: dict | None = None, progress: bool = True):
         self.cfg, self.variant, self.stage = cfg, variant, stage
         self.total, self.start, self.pipes = total_steps, start_step, pipes
-        self.run_file = Path(ckpt_dir) / "mlflow_run.json"
+        self.ckpt = ckpt
         self.tags = {"stage": str(stage), "curation_variant": variant, "dataset_version": dataset_version,
                      **(tags or {})}
         self.progress = progress
@@ -58,11 +61,10 @@ class StageReport:
     def __enter__(self) -> StageReport:
         from tqdm import tqdm
 
-        previous = json.loads(self.run_file.read_text())["run_id"] if self.start and self.run_file.is_file() else None
+        previous = (self.ckpt.read_json(RUN_FILE) or {}).get("run_id") if self.start else None
         self._ctx = tracking.start_run(self.cfg, f"train stage{self.stage} {self.variant}", self.tags, run_id=previous)
         self.run = self._ctx.__enter__()
-        self.run_file.parent.mkdir(parents=True, exist_ok=True)
-        self.run_file.write_text(json.dumps({"run_id": self.run.info.run_id}))
+        self.ckpt.write_json(RUN_FILE, {"run_id": self.run.info.run_id})
         import mlflow
 
         mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")

@@ -38,3 +38,17 @@ def test_runs_are_named_by_stage_and_nest_under_their_dagster_run(tmp_path):
     assert tracking.run_url(cfg, "1", "abc") is None  # a SQLite store has no web address
     served = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "http://mlf:5000/"})})
     assert tracking.run_url(served, "1", "abc") == "http://mlf:5000/#/experiments/1/runs/abc"
+
+
+def test_a_continued_run_keeps_its_params_when_launch_settings_change(tmp_path):
+    """A stage resumed on other nodes (a new rendezvous endpoint, more processes) continues its run."""
+    base = [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", "training.nnodes=2"]
+    first = load_config("tiny", str(tmp_path / "root"), [*base, "training.rdzv_endpoint=a:1"], environ={})
+    again = load_config("tiny", str(tmp_path / "root"), [*base, "training.rdzv_endpoint=b:2", "training.nproc=2"],
+                        environ={})
+    with tracking.start_run(first, "train stage1 svd", {"stage": "1"}) as run:
+        run_id = run.info.run_id
+    with tracking.start_run(again, "train stage1 svd", run_id=run_id) as run:
+        assert run.info.run_id == run_id
+    params = mlflow.MlflowClient(first.mlflow.tracking_uri).get_run(run_id).data.params
+    assert params["training.rdzv_endpoint"] == "a:1" and params["training.nproc"] == "1"

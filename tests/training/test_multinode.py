@@ -1,0 +1,144 @@
+"""Training with the data root on S3: checkpoints under the root, resumed after a SIGKILL, across two nodes.
+
+Two "nodes" are two launchers (``python -m training.launch``, torchrun with ``--nnodes 2`` and a c10d rendezvous)
+on this machine, each with its own working folder and project home, so their checkpoint caches stand in for
+node-local disks; the data root and the checkpoints' home is a bucket on the session's SeaweedFS server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stage_process import (
+    VARIANT, assert_same_losses, kill, latest_step, losses, stage_args, start, wait, wait_for_checkpoint,
+)
+from svdpipe.config import load_config
+from svdpipe.storage import LocalStorage, open_storage
+from training.checkpoints import for_stage
+from training.latents import build_latents
+
+STEPS = 8
+SETTINGS = [f"training.stages.1.steps={STEPS}", "training.checkpoint_every=2", "training.keep_checkpoints=2"]
+CKPT = f"checkpoints/{VARIANT}/stage1"
+
+
+@pytest.fixture(scope="module")
+def with_latents(tmp_path_factory, curated_root) -> Path:
+    """A local data root with the curated corpus and its stage-1 latents, copied to S3 by each test."""
+    root = tmp_path_factory.mktemp("latents") / "data"
+    shutil.copytree(curated_root, root)
+    build_latents(open_storage(str(root)), VARIANT, load_config("tiny", str(root), SETTINGS), progress=False)
+    return root
+
+
+def _s3_copy(local: Path, uri: str) -> str:
+    src, dst = LocalStorage(local), open_storage(uri)
+    for key in src.list():
+        dst.upload(src.local_path(key), key)
+    return uri
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_checkpoints_live_under_their_own_data_root(s3, bucket, tmp_path, monkeypatch):
+    """Two S3 roots trained from one folder: two homes and two caches, nothing shared."""
+    monkeypatch.chdir(tmp_path)
+    a, b = (for_stage(open_storage(f"s3://{bucket}/{name}"), VARIANT, 1) for name in ("a", "b"))
+    assert a.uri() == f"s3://{bucket}/a/{CKPT}" and b.uri() == f"s3://{bucket}/b/{CKPT}"
+    assert a.local_dir != b.local_dir and tmp_path not in a.local_dir.parents
+
+
+def test_s3_root_killed_resumes_from_its_own_checkpoints(s3, bucket, with_latents, tmp_path):
+    """`training.run` on an S3 root, SIGKILLed after a checkpoint and started again, logs the uninterrupted run's
+    losses. Both roots hold the same clips and train from the same folder with separate MLflow stores (a new
+    user): the second starts from step 0, never from the first root's checkpoints or MLflow run."""
+    first, second = (_s3_copy(with_latents, f"s3://{bucket}/{name}") for name in ("first", "second"))
+    folder = tmp_path / "work"
+    folder.mkdir()
+
+    def launch(root, name):
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db"}
+        return start(["-m", "training.run", *stage_args(root, SETTINGS), "--no-progress"], tmp_path / f"{name}.log",
+                     env=env, cwd=folder)
+
+    wait(launch(first, "first"), tmp_path / "first.log")
+    proc = launch(second, "second")
+    wait_for_checkpoint(second, 4, [proc], tmp_path / "second.log")
+    kill(proc)
+    assert not open_storage(second).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
+    wait(launch(second, "second"), tmp_path / "second.log")
+
+    info = json.loads(open_storage(second).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
+    assert 4 <= info["resumed_from"] < STEPS
+    assert_same_losses(losses(f"sqlite:///{tmp_path}/first.db"), losses(f"sqlite:///{tmp_path}/second.db"), STEPS)
+    for root in (first, second):  # each root holds its own newest checkpoints, nothing is left in the folder
+        ckpt = for_stage(open_storage(root), VARIANT, 1)
+        assert ckpt.tags() == [f"step{STEPS - 2}", f"step{STEPS}"] and ckpt.latest() == f"step{STEPS}"
+    assert list(folder.iterdir()) == []
+
+
+def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with_latents, tmp_path):
+    """Two nodes of one process each train an S3 root; one node is SIGKILLed after a checkpoint, both are started
+    again, and the per-step losses are the uninterrupted two-node run's. The root holds every rank's files."""
+    whole, killed = (_s3_copy(with_latents, f"s3://{bucket}/{name}") for name in ("whole", "killed"))
+    nodes = [tmp_path / f"node{i}" for i in range(2)]
+    for node in nodes:
+        (node / "home").mkdir(parents=True)
+
+    def launch_nodes(root, name):
+        endpoint = f"127.0.0.1:{_free_port()}"
+        settings = [*SETTINGS, "training.nnodes=2", f"training.rdzv_endpoint={endpoint}"]
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "OMP_NUM_THREADS": "1"}
+        return [start(["-m", "training.launch", *stage_args(root, settings)], tmp_path / f"{name}-{node.name}.log",
+                      env={**env, "SVDPIPE_HOME": str(node / "home")}, cwd=node) for node in nodes]
+
+    def wait_nodes(procs, name):
+        for proc, node in zip(procs, nodes):
+            wait(proc, tmp_path / f"{name}-{node.name}.log")
+
+    wait_nodes(launch_nodes(whole, "whole"), "whole")
+    root_files = _tag_files(whole, f"step{STEPS}")
+    cache_files = [_cache_files(node, whole, f"step{STEPS}") for node in nodes]
+    # Every rank's ZeRO shard reached the root, each uploaded from the node that wrote it.
+    assert {f for f in root_files if "optim_states" in f} == {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    assert set().union(*cache_files) == root_files and all(files < root_files for files in cache_files)
+
+    procs = launch_nodes(killed, "killed")
+    wait_for_checkpoint(killed, 4, procs, tmp_path / "killed-node1.log")
+    kill(procs[1])
+    try:  # its peer gone, node 0 fails at its next collective; a cluster restarts the whole job either way
+        procs[0].wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+    kill(procs[0])
+    assert latest_step(killed) < STEPS
+    wait_nodes(launch_nodes(killed, "killed"), "killed")
+
+    info = json.loads(open_storage(killed).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
+    assert info["world_size"] == 2 and 4 <= info["resumed_from"] < STEPS
+    assert_same_losses(losses(f"sqlite:///{tmp_path}/whole.db"), losses(f"sqlite:///{tmp_path}/killed.db"), STEPS)
+    assert _tag_files(killed, f"step{STEPS}") == root_files
+
+
+def _tag_files(root: str, tag: str) -> set[str]:
+    prefix = f"{CKPT}/{tag}/"
+    return {k[len(prefix):] for k in open_storage(root).list(f"{CKPT}/{tag}")}
+
+
+def _cache_files(node: Path, root: str, tag: str) -> set[str]:
+    with pytest.MonkeyPatch.context() as env:  # the cache folder as the node's project home names it
+        env.setenv("SVDPIPE_HOME", str(node / "home"))
+        cache = for_stage(open_storage(root), VARIANT, 1).local_dir / tag
+    assert cache.is_dir(), cache
+    return {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()}
