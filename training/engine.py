@@ -355,6 +355,10 @@ def _main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--ema-warmup", action="store_true", help="sgm-style EMA decay warm-up")
     p.add_argument("--out", required=True, help="JSON file for {start_step, world_size, losses} (rank 0)")
+    p.add_argument("--latent-store", default=None,
+                   help="read batches from the latent store under this data root's key 'store' (each rank its own "
+                        "samples, training.data.RankBatches) instead of synthetic ones")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers with --latent-store")
     a = p.parse_args(argv)
 
     from training.models import build_image_unet, build_video_unet
@@ -386,7 +390,17 @@ def _main(argv: list[str] | None = None) -> None:
     ema = EMA(engine.module, a.ema_decay, warmup=a.ema_warmup) if a.ema_decay is not None else None
     start = resume(engine, a.ckpt_dir, ema=ema) if a.resume else 0
     world = torch.distributed.get_world_size()
-    batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
+    if a.latent_store:
+        from svdpipe.storage import open_storage
+        from training.data import IMAGE, VIDEO, RankBatches
+        from training.latent_store import LatentStore
+
+        data = LatentStore.open(open_storage(a.latent_store), "store").training()
+        per_rank = a.micro_batch * a.grad_accum
+        batches = RankBatches(data, IMAGE if a.stage == 1 else VIDEO, per_rank * world, a.seed,
+                              torch.distributed.get_rank(), per_rank, num_workers=a.loader_workers)
+    else:
+        batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
     losses = train_steps(
         engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every, objective=objective, seed=a.seed, ema=ema
     )
