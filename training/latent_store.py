@@ -81,8 +81,9 @@ class ShardWriter:
     def __init__(self, root: Storage, base: str, fingerprint: dict, shard_clips: int, done: list[dict]):
         self.root, self.base, self.shard_clips = root, base, shard_clips
         self.fingerprint = json.dumps(fingerprint, sort_keys=True)
-        self.shards = [{"key": shard_key(base, i).rsplit("/", 1)[1], "clips": len(json.loads(m["clip_ids"])),
-                        "val_clips": int(m["val_clips"])} for i, m in enumerate(done)]
+        self.shards = len(done)
+        self.clips = sum(len(json.loads(m["clip_ids"])) for m in done)
+        self.val_clips = sum(int(m["val_clips"]) for m in done)
         self.skipped: dict[str, str] = {}
         for m in done:
             self.skipped.update(json.loads(m["skipped"]))
@@ -91,10 +92,6 @@ class ShardWriter:
         self._ids: list[str] = []
         self._captions: list[str] = []
         self._skipped_here: dict[str, str] = {}
-
-    @property
-    def clips(self) -> int:
-        return sum(s["clips"] for s in self.shards)
 
     def skip(self, clip_id: str, reason: str) -> None:
         self._skipped_here[clip_id] = reason
@@ -117,11 +114,13 @@ class ShardWriter:
         meta = {"fingerprint": self.fingerprint, "clip_ids": json.dumps(self._ids),
                 "captions": json.dumps(self._captions), "skipped": json.dumps(self._skipped_here),
                 "consumed": str(consumed), "val_clips": str(int(tensors["val"].sum()))}
-        key = shard_key(self.base, len(self.shards))
+        key = shard_key(self.base, self.shards)
         with tempfile.TemporaryDirectory() as tmp:
             save_file(tensors, f"{tmp}/shard.safetensors", metadata=meta)
             self.root.upload(Path(tmp) / "shard.safetensors", key)  # atomic: present means complete
-        self.shards.append({"key": key.rsplit("/", 1)[1], "clips": len(self._ids), "val_clips": int(meta["val_clips"])})
+        self.shards += 1
+        self.clips += len(self._ids)
+        self.val_clips += int(meta["val_clips"])
         self.skipped.update(self._skipped_here)
         self.consumed = consumed
         self._rows, self._ids, self._captions, self._skipped_here = [], [], [], {}
@@ -137,9 +136,9 @@ class ShardWriter:
             with tempfile.TemporaryDirectory() as tmp:
                 save_file({"null_context": _stored("null_context", null_context)}, f"{tmp}/n.safetensors")
                 self.root.upload(Path(tmp) / "n.safetensors", f"{self.base}/{NULL_CONTEXT}")
-        val = sum(s["val_clips"] for s in self.shards)
+        # Counts only, no per-shard or per-clip lists: every rank and worker holds the index, whatever the size.
         index = {**index, "shard_clips": self.shard_clips, "shards": self.shards, "clips": self.clips,
-                 "train_clips": self.clips - val, "val_clips": val, "skipped": self.skipped}
+                 "train_clips": self.clips - self.val_clips, "val_clips": self.val_clips, "skipped": self.skipped}
         self.root.write_text(f"{self.base}/{INDEX}", json.dumps(index, indent=1))
         return index
 
@@ -271,5 +270,4 @@ class LatentStore:
         tensors = self.rows(rows, fields)
         if self.index.get("context"):
             tensors["null_context"] = self.null_context()
-        return LatentSet(tensors, {**{k: v for k, v in self.index.items() if k != "shards"},
-                                   "clip_ids": self.clip_ids(rows), "captions": self.captions(rows)})
+        return LatentSet(tensors, {**self.index, "clip_ids": self.clip_ids(rows), "captions": self.captions(rows)})

@@ -12,6 +12,8 @@ the big fields):
   context        (N, L, D_text)   text condition: open_clip's penultimate text layer (as SD 2.x uses); only in
                                   the store of a resolution that Stage I or a text-conditioned stage trains at
   null_context   (1, L, D_text)   the empty caption's context, for condition dropout (likewise)
+  cond_frame     (N, 3, H, W)     the clean first frame in [-1, 1], with ``training.cond_aug_online`` for the
+                                  resolutions of image-conditioned stages (noised and encoded every step)
   fps, motion_score, motion_bucket (N,)
   val            (N,)             1 for the evaluation set's clips (training.eval_set: the same for every
                                   variant, appended from its own shards; no variant trains on them)
@@ -179,7 +181,8 @@ def frame_window(n: int, fps: float, frames: int, frame_rate: float) -> tuple[in
 
 
 @torch.no_grad()
-def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: StageConfig, t, g: torch.Generator) -> dict:
+def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: StageConfig, t, g: torch.Generator,
+                keep_frame: bool = False) -> dict:
     from training.encoders import encode_latents, image_embeddings
 
     start, stride = frame_window(len(frames), fps, stage.frames, t.frame_rate)
@@ -195,6 +198,7 @@ def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: Stag
         "sigma_aug": sigma_aug,
         "image_embeds": image_embeddings(enc.image_encoder, enc.feature_extractor, x[:1])[0],
         "stride": stride,
+        **({"cond_frame": x[0]} if keep_frame else {}),  # pixels for training.cond_aug_online
     }
 
 
@@ -241,6 +245,7 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
     out: dict[str, dict] = {}
     for key, group in sorted(stages.items()):
         stage, text = group[0][1], _needs_text(group)
+        frame = t.cond_aug_online and any(n != "1" and s.conditioning == "image" for n, s in group)
         fingerprint = {
             "dataset_version": selection["clip_ids_sha1"],
             "shape": key,
@@ -251,7 +256,8 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
             "eval_set": held_out.fingerprint,
             "seed": cfg.seed,
             "encoders": [t.vae_path, t.image_encoder_path, t.text_encoder, t.text_encoder_pretrained],
-            "store": {"format": "shards-bf16", "shard_clips": t.latent_store.shard_clips, "context": text},
+            "store": {"format": "shards-bf16", "shard_clips": t.latent_store.shard_clips, "context": text,
+                      "cond_frame": frame},
         }
         store = prefix(variant, key)
         index_key = f"{store}/index.json"
@@ -266,10 +272,10 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
 
         def flush(consumed: int) -> None:
             extra = {"context": text_context(enc.text, writer.pending_captions)} if text else None
-            before = len(writer.shards)
+            before = writer.shards
             writer.flush(consumed, extra)
-            if on_shard is not None and len(writer.shards) > before:
-                on_shard(key, len(writer.shards))
+            if on_shard is not None and writer.shards > before:
+                on_shard(key, writer.shards)
 
         bar = tqdm(total=selection.get("clips_kept", 0) + len(held_out), initial=writer.consumed,
                    desc=f"latents {variant} {key}", unit="clip", disable=not progress)
@@ -290,7 +296,7 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
                 raise AssertionError("evaluation rows must come last (training.eval_set.with_held_out)")
             seen_eval = role == "eval"
             g = torch.Generator().manual_seed(_clip_seed(cfg.seed, clip_id))
-            item = encode_clip(enc, frames, fps, stage, t, g)
+            item = encode_clip(enc, frames, fps, stage, t, g, keep_frame=frame)
             score = meta.get("motion_score")
             score = float("nan") if score is None else float(score)
             item["fps"] = torch.tensor(fps / item.pop("stride"))

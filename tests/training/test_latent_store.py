@@ -70,8 +70,9 @@ def test_killed_build_resumes_at_the_next_shard_and_equals_an_uninterrupted_one(
         for name in a:
             assert torch.equal(a[name], b[name]), (k, name)
     index = built[key]
-    assert [s["clips"] for s in index["shards"]][:-1] == [SHARD] * (len(index["shards"]) - 1)
-    assert index["clips"] == sum(s["clips"] for s in index["shards"]) > 2 * SHARD
+    assert index["shards"] == -(-index["clips"] // SHARD) > 2
+    sizes = [read_header(root, shard_key(base, i))[0]["latents"]["shape"][0] for i in range(index["shards"])]
+    assert sizes[:-1] == [SHARD] * (index["shards"] - 1) and sum(sizes) == index["clips"]
 
 
 def test_big_fields_are_bf16_and_text_context_only_where_a_stage_reads_it(curated_copy):
@@ -93,6 +94,15 @@ def test_big_fields_are_bf16_and_text_context_only_where_a_stage_reads_it(curate
         # Readers get fp32 whatever is stored.
         assert load_latents(root, "uncurated", stage).rows([0], ["latents"])["latents"].dtype == torch.float32
     assert cfg.training.stages["3"].conditioning == "image"  # so the case without context is covered
+
+    # Online conditioning augmentation keeps the first frame's pixels, only where an image stage trains.
+    online = load_config("tiny", str(curated_copy), [*SETTINGS, "training.cond_aug_online=true"])
+    build_latents(root, "uncurated", online, progress=False)
+    for n, stage in online.training.stages.items():
+        header = read_header(root, shard_key(prefix("uncurated", shape_key(stage)), 0))[0]
+        assert ("cond_frame" in header) == (n == "3"), n
+    frame = load_latents(root, "uncurated", online.training.stages["3"]).rows([0], ["cond_frame"])["cond_frame"]
+    assert frame.shape == (1, 3, 96, 96) and float(frame.abs().max()) <= 1
 
 
 @pytest.fixture
@@ -119,7 +129,7 @@ def test_each_rank_reads_only_the_shards_of_its_samples(store):
                           for s in range(steps)])
         assert set(mine.reads) == {shard_key(store.base, int(r) // 4) for r in rows}, rank
         assert sum(mine.reads.values()) == steps * per_rank  # one row read per sample, nothing else
-        assert len(mine.reads) < len(store.index["shards"])
+        assert len(mine.reads) < store.index["shards"]
 
 
 def test_workers_prefetch_in_step_order_and_a_restart_continues_the_stream(store):
