@@ -5,7 +5,8 @@ Two measurements, each in fresh processes so peak RSS (``ru_maxrss``) belongs to
 1. Memory. Synthetic stores of the tiny Stage II shapes (latents 4x4x16x16, two conditioning latents, the 77x64
    text context; ``training.synthetic.synthetic_latent_store``) of N and 10 N clips. A training-like reader (rank 0 of
    2, ``training.data.RankBatches`` with DataLoader workers) reads one whole epoch of each; its peak RSS and its
-   workers' must stay within 15 % from N to 10 N. The peer, measured the same way: loading the whole store into
+   workers' must stay within 15 % from N to 10 N (the workers' figure is ``RUSAGE_CHILDREN``: the largest child
+   process, which may be a helper that imports start, not a worker). The peer, measured the same way: loading the whole store into
    memory (``LatentStore.materialize``, what every rank did before the store was sharded), which grows with N.
 2. Speed. In one process: a few real tiny Stage II training steps (``training.engine.train_steps``, DeepSpeed,
    text-to-video objective) fed by the store, then the loader alone over the same store; reported as samples/s
@@ -137,7 +138,8 @@ def main() -> None:
     for r in rows:
         reader = f"stream, {a.workers} workers" if r["mode"] == "stream" else "whole store in memory"
         print(f"{r['scale']:>5}x {r['clips']:>6} {r['store_mb']:>6.1f} {reader:>22} {r['samples']:>8} "
-              f"{r['seconds']:>6.1f} {r['rss_mb']:>13.0f} {r['workers_rss_mb']:>12.0f}")
+              f"{r['seconds']:>6.1f} {r['rss_mb']:>13.0f} "
+              f"{(format(r['workers_rss_mb'], '.0f') if r['mode'] == 'stream' else '-'):>12}")
     by = {(r["scale"], r["mode"]): r for r in rows}
     for mode in ("stream", "whole"):
         g = by[(10, mode)]["rss_mb"] / by[(1, mode)]["rss_mb"] - 1
