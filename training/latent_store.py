@@ -33,7 +33,7 @@ from torch import Tensor
 
 from svdpipe.storage import Storage, open_storage
 
-__all__ = ["BF16_FIELDS", "LatentStore", "ShardWriter", "resume_point", "shard_key"]
+__all__ = ["BF16_FIELDS", "LatentStore", "ShardWriter", "resume_point", "shard_key", "write_rows"]
 
 BF16_FIELDS = frozenset({"latents", "z_cond_aug", "image_embeds", "context", "null_context", "cond_frame"})
 INDEX = "index.json"
@@ -271,3 +271,19 @@ class LatentStore:
         if self.index.get("context"):
             tensors["null_context"] = self.null_context()
         return LatentSet(tensors, {**self.index, "clip_ids": self.clip_ids(rows), "captions": self.captions(rows)})
+
+
+def write_rows(root: Storage, base: str, tensors: dict[str, Tensor], clip_ids: list[str], captions: list[str],
+               shard_clips: int, index: dict) -> dict:
+    """A store of rows held in memory (``val`` marks the evaluation rows, stored last, in their order); its index.
+    For small sets: tests, and converting a ``LatentSet``."""
+    n = int(tensors["val"].shape[0])
+    order = sorted(range(n), key=lambda i: float(tensors["val"][i]))  # stable: each part keeps its order
+    fingerprint = index.get("fingerprint", {})
+    writer = ShardWriter(root, base, fingerprint, shard_clips, resume_point(root, base, fingerprint))
+    for pos, i in enumerate(order, 1):
+        row = {k: v[i] for k, v in tensors.items() if k != "null_context"}
+        if writer.add(clip_ids[i], captions[i], row):
+            writer.flush(pos)
+    writer.flush(n)
+    return writer.finish({**index, "context": "context" in tensors}, tensors.get("null_context"))
