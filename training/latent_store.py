@@ -279,8 +279,9 @@ def write_rows(root: Storage, base: str, tensors: dict[str, Tensor], clip_ids: l
     For small sets: tests, and converting a ``LatentSet``."""
     n = int(tensors["val"].shape[0])
     order = sorted(range(n), key=lambda i: float(tensors["val"][i]))  # stable: each part keeps its order
-    fingerprint = index.get("fingerprint", {})
-    writer = ShardWriter(root, base, fingerprint, shard_clips, resume_point(root, base, fingerprint))
+    for key in root.list(base):
+        root.delete(key)  # written whole, never resumed: nothing of an earlier store stays
+    writer = ShardWriter(root, base, index.get("fingerprint", {}), shard_clips, [])
     for pos, i in enumerate(order, 1):
         row = {k: v[i] for k, v in tensors.items() if k != "null_context"}
         if writer.add(clip_ids[i], captions[i], row):
