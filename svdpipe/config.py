@@ -299,6 +299,15 @@ class PerfConfig(_Section):
     overlap_comm: bool = Field(False, description="ZeRO: overlap gradient reduction with the backward pass")
 
 
+class LatentStoreConfig(_Section):
+    """How clip latents are stored and streamed to training (training/latent_store.py): shards of a fixed number
+    of clips, read by each rank for its own samples only."""
+
+    shard_clips: int = Field(256, ge=1, description="clips per latent shard (written as they are encoded)")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank (0: read in the trainer)")
+    prefetch_factor: int = Field(2, ge=1, description="steps each worker reads ahead")
+
+
 class TrainingConfig(_Section):
     """The three stages and what they share; the ``svd`` profile sets the paper's values."""
 
@@ -341,6 +350,9 @@ class TrainingConfig(_Section):
     image_unet_path: str | None = Field(None, description="initial stage 1 weights (e.g. SD 2.1's UNet)")
     sample_steps: int = Field(8, ge=1, description="sampler steps for the sample videos logged per stage")
     perf: PerfConfig = Field(default_factory=PerfConfig, description="throughput settings (training/perf.py)")
+    latent_store: LatentStoreConfig = Field(
+        default_factory=LatentStoreConfig, description="latent shards and their reading (training/latent_store.py)"
+    )
 
     @model_validator(mode="after")
     def _nodes(self) -> TrainingConfig:

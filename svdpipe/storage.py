@@ -148,6 +148,10 @@ class Storage(ABC):
     def uri(self, key: str = "") -> str:
         return self.root.rstrip("/") + ("/" + _clean_key(key) if key else "")
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of ``key``; backends override this to read only those."""
+        return self.read_bytes(key)[start:end]
+
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode())
 
@@ -165,6 +169,11 @@ class LocalStorage(Storage):
 
     def read_bytes(self, key: str) -> bytes:
         return self._p(key).read_bytes()
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with open(self._p(key), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
 
     def _atomic(self, key: str, fill) -> None:
         dst = self._p(key)
@@ -261,6 +270,12 @@ class S3Storage(Storage):
 
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        rng = f"bytes={start}-{end - 1}"  # HTTP ranges are inclusive
+        return self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"].read()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)

@@ -5,8 +5,8 @@ clipping, WarmupLR); ``load_ds_config`` fills in what depends on the run (batch 
 length) so one file serves every stage and machine.
 
 Resume contract: a run of N steps equals a run of k steps plus a fresh process resuming at k and running
-N - k more. That holds because (a) data come from ``batches_fn(step)`` and noise from a generator seeded by
-``seed + step``, never from the global RNG, and (b) model, optimizer and scheduler state travel in the
+N - k more. That holds because (a) data come from ``batches_fn(step)`` and each sample's noise from a
+generator seeded by (seed, step, its index in the global batch), never from the global RNG, and (b) model, optimizer and scheduler state travel in the
 DeepSpeed checkpoint, with the step and global RNG states in ``client_state``, and (c) the optional weight EMA
 (``training.ema.EMA``) travels next to it as ``<ckpt_dir>/step{n}/ema.safetensors``. Where checkpoints live and
 the order in which ranks save, upload and resume them is ``training.checkpoints``'s.
@@ -17,10 +17,11 @@ compute are bf16, while DeepSpeed keeps fp32 master weights in the optimizer, ac
 skip path and the loss stay fp32 (``training.objectives``). ``master_state_dict`` reads the fp32 master weights,
 which is what a stage exports and the next stage starts from.
 
-Data parallelism: ``batches_fn`` always yields the global batch and the objective's random draws are made for
-all of it before it is sliced per rank and micro-batch, so 2 ranks x micro-batch 1, 1 rank x micro-batch 2 and
-1 rank x 2 accumulated micro-batches of 1 train identically up to fp32 summation order
-(``tests/training/test_distributed.py``).
+Data parallelism: a rank trains on its contiguous share of the global batch of a step (``batches_fn`` gives the
+global batch, or just that share when it reads it alone: ``training.data.RankBatches``), and every random draw
+of a sample comes from a generator of its own, seeded by (seed, step, the sample's index in the global batch).
+So 2 ranks x micro-batch 1, 1 rank x micro-batch 2 and 1 rank x 2 accumulated micro-batches of 1 train
+identically up to fp32 summation order (``tests/training/test_distributed.py``).
 
 Run ``python -m training.engine --help`` for a small CLI used by the tests (one scenario per process, since
 torch.distributed state is process-global).
@@ -178,16 +179,36 @@ def _slice(batch: Batch, lo: int, hi: int) -> Batch:
     return {k: v[lo:hi] for k, v in batch.items()}
 
 
-def _step_batch(objective: Objective, batches_fn, step: int, seed: int, per_rank: int) -> tuple[Batch, Batch]:
-    """The global batch of ``step`` with the objective's draws, and this rank's contiguous share of it."""
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    batch = batches_fn(step)
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """Seed of the random draws of sample ``index`` of the global batch of ``step``."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + index) % 2**63
+
+
+def draw_samples(objective: Objective, batch: Batch, seed: int, step: int, first: int) -> Batch:
+    """The objective's draws for ``batch``, samples ``first ..`` of the global batch of ``step``: each sample's from
+    its own generator (``sample_seed``), so a rank draws its samples' noise alone, as any other split would."""
     n = next(iter(batch.values())).shape[0]
-    if n != per_rank * world:
-        raise ValueError(f"global batch of {n} is not {per_rank} per rank x world {world} (micro x accum x world)")
-    # Noise generator per step, independent of global RNG, so a resumed process draws the same noise.
-    batch.update(objective.draw(batch, torch.Generator().manual_seed(seed + step)))
-    return batch, _slice(batch, rank * per_rank, (rank + 1) * per_rank)
+    draws = [objective.draw({k: v[i:i + 1] for k, v in batch.items()},
+                            torch.Generator().manual_seed(sample_seed(seed, step, first + i))) for i in range(n)]
+    return {k: torch.cat([d[k] for d in draws]) for k in draws[0]} if draws else {}
+
+
+def _step_batch(objective: Objective, batches_fn, step: int, seed: int, per_rank: int) -> Batch:
+    """This rank's contiguous share of the global batch of ``step``, with the objective's draws. ``batches_fn``
+    gives the global batch, or only this rank's share when it says so (``rank_share``, training.data)."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    lo = rank * per_rank
+    if getattr(batches_fn, "rank_share", False):
+        mine = batches_fn(step)
+        n, want = next(iter(mine.values())).shape[0], per_rank
+    else:
+        batch = batches_fn(step)
+        n, want = next(iter(batch.values())).shape[0], per_rank * world
+        mine = _slice(batch, lo, lo + per_rank)
+    if n != want:
+        raise ValueError(f"batch of {n} is not {per_rank} per rank x world {world} (micro x accum x world)")
+    mine.update(draw_samples(objective, mine, seed, step, lo))
+    return mine
 
 
 def _accumulate(engine, objective: Objective, mine: Batch, micro: int, accum: int) -> Tensor:
@@ -226,9 +247,10 @@ def train_steps(
 ) -> list[float]:
     """Run ``steps`` optimizer steps from ``start_step`` and return each step's mean loss over the global batch.
 
-    ``batches_fn(step)`` gives the *global* batch of micro_batch * grad_accum * world_size samples; the
-    objective draws its randomness for all of it from a generator seeded by ``seed + step``, then each rank
-    takes its contiguous share and splits it into ``grad_accum`` micro-batches. DeepSpeed scales each backward
+    ``batches_fn(step)`` gives the *global* batch of micro_batch * grad_accum * world_size samples (or, with
+    ``rank_share``, this rank's share of it); each rank takes its contiguous share, draws the objective's
+    randomness per sample from a generator seeded by (seed, step, sample's index in the global batch) and splits
+    it into ``grad_accum`` micro-batches. DeepSpeed scales each backward
     by 1/grad_accum, averages gradients over ranks and steps the optimizer at the boundary, so one iteration
     here is one optimizer (and scheduler) step whatever the split. Checkpoints go to ``ckpt_dir`` (a
     ``training.checkpoints.Checkpoints``, or a folder) as tag ``step{n}`` after every ``ckpt_every``-th completed
@@ -247,8 +269,9 @@ def train_steps(
     losses: list[float] = []
     for step in range(start_step, start_step + steps):
         t0 = time.perf_counter()
-        batch, mine = _step_batch(objective, batches_fn, step, seed, micro * accum)
+        mine = _step_batch(objective, batches_fn, step, seed, micro * accum)
         sample_losses = _gather(_accumulate(engine, objective, mine, micro, accum))
+        sigma = _gather(mine["sigma"].float().to(engine.device))
         losses.append(float(sample_losses.mean()))
         if ema is not None:
             ema.update(engine.module)
@@ -256,7 +279,7 @@ def train_steps(
         # The step is reported before its checkpoint: a run killed once `latest` names step N has logged step N.
         if on_step is not None:
             n = sample_losses.shape[0]
-            on_step(StepResult(done, losses[-1], batch["sigma"], sample_losses, n, time.perf_counter() - t0))
+            on_step(StepResult(done, losses[-1], sigma, sample_losses, n, time.perf_counter() - t0))
         if ckpt is not None and ckpt_every > 0 and done % ckpt_every == 0:
             ckpt.save(engine, f"step{done}", {"step": done, "rng": _rng_state()}, ema=ema)
     return losses
@@ -330,6 +353,10 @@ def _main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--ema-warmup", action="store_true", help="sgm-style EMA decay warm-up")
     p.add_argument("--out", required=True, help="JSON file for {start_step, world_size, losses} (rank 0)")
+    p.add_argument("--latent-store", default=None,
+                   help="read batches from the latent store under this data root's key 'store' (each rank its own "
+                        "samples, training.data.RankBatches) instead of synthetic ones")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers with --latent-store")
     a = p.parse_args(argv)
 
     from training.models import build_image_unet, build_video_unet
@@ -361,7 +388,17 @@ def _main(argv: list[str] | None = None) -> None:
     ema = EMA(engine.module, a.ema_decay, warmup=a.ema_warmup) if a.ema_decay is not None else None
     start = resume(engine, a.ckpt_dir, ema=ema) if a.resume else 0
     world = torch.distributed.get_world_size()
-    batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
+    if a.latent_store:
+        from svdpipe.storage import open_storage
+        from training.data import IMAGE, VIDEO, RankBatches
+        from training.latent_store import LatentStore
+
+        data = LatentStore.open(open_storage(a.latent_store), "store").training()
+        per_rank = a.micro_batch * a.grad_accum
+        batches = RankBatches(data, IMAGE if a.stage == 1 else VIDEO, per_rank * world, a.seed,
+                              torch.distributed.get_rank(), per_rank, num_workers=a.loader_workers)
+    else:
+        batches = make_batches(a.micro_batch * a.grad_accum * world, a.seed, **batch_kw)
     losses = train_steps(
         engine, batches, a.steps, start, a.ckpt_dir, a.ckpt_every, objective=objective, seed=a.seed, ema=ema
     )

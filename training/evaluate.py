@@ -151,10 +151,11 @@ def load_eval_data(root: Storage, variant: str, stage_cfg, trained_on: Collectio
     from training.latents import load_latents
 
     full = load_latents(root, variant, stage_cfg)
-    data = full.split(val=True)
-    if len(data) == 0:
+    rows = full.split(val=True)
+    if len(rows) == 0:
         raise ValueError(f"latents/{variant} hold no evaluation clip: the evaluation set is empty (too few usable "
                          "clips?); ingest more video or raise evaluation.holdout_min_clips, then rebuild the latents")
+    data = rows.materialize()  # the evaluation set is small: read from the store once, held in memory
     notes, held_out = [], True
     if len(data) == len(full):
         held_out = False

@@ -50,10 +50,11 @@ def evaluate_text_stage(
     folder = model_store.get_dir(root, model_store.model_key(variant, stage))
     unet = UNetSpatioTemporalConditionModel.from_pretrained(str(folder)).to(device=device, dtype=dtype).eval()
     full = load_latents(root, variant, sc)
-    data, notes = full.split(val=True), []
-    if len(data) == 0:
+    rows, notes = full.split(val=True), []
+    if len(rows) == 0:
         notes.append(f"no held-out clips in {len(full)}: evaluated on ALL clips, which the model was trained on")
-        data = full
+        rows = full
+    data = rows.materialize()  # the evaluation set is small: read from the store once, held in memory
     t, n = data.tensors, len(data)
 
     keys = ("latents", "context", "fps", "motion_bucket")
@@ -65,8 +66,7 @@ def evaluate_text_stage(
     metrics = {"val_loss": r["mean"], **{f"val_loss/sigma_{s:g}": v for s, v in r["per_sigma"].items()},
                "n_val_clips": float(n)}
 
-    caption_of = dict(zip(full.index["clip_ids"], full.index.get("captions", [""] * len(full))))
-    clip_ids = data.index["clip_ids"]
+    clip_ids, captions = data.index["clip_ids"], data.index["captions"]
     vae = profile_vae(cfg).to(device)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"svdpipe-eval-base-{variant}-"))
     frames, shape = t["latents"].shape[1], tuple(t["latents"].shape[-3:])
@@ -81,5 +81,5 @@ def evaluate_text_stage(
         rate = float(t["fps"][i]) if float(t["fps"][i]) > 0 else 6.0
         videos += save_video(decode_latents(vae, z, decode_chunk_size=frames)[0].cpu(), out / f"text_{i:02d}", rate)
     metrics["n_videos"] = float(k)
-    return {"metrics": metrics, "videos": videos, "captions": [caption_of.get(c, "") for c in clip_ids[:k]],
+    return {"metrics": metrics, "videos": videos, "captions": captions[:k],
             "clip_ids": clip_ids[:k], "notes": notes}

@@ -1,15 +1,19 @@
 """Clip latents and conditioning, computed once per curated dataset so training never runs the encoders.
 
-For each clip of ``curated/<variant>/shards`` and each training resolution ``HxWxF`` this stores, under
-``latents/<variant>/<H>x<W>x<F>/``:
+For each clip of ``curated/<variant>/shards`` and each training resolution ``HxWxF`` this stores, in the shards
+of ``latents/<variant>/<H>x<W>x<F>/`` (``training.latent_store``: written as they are encoded, resumable, bf16 for
+the big fields):
 
   latents        (N, F, 4, h, w)  x0: the autoencoder's posterior mode of F frames, scaled by its scaling_factor
   z_cond_aug     (N, K, 4, h, w)  the first frame noise-augmented with sigma_aug and encoded (mode, unscaled),
                                   K draws per clip (SVD Section 4; see training.conditioning)
   sigma_aug      (N, K)           ln(sigma_aug) ~ N(-3, 0.5^2)
   image_embeds   (N, D)           CLIP image embedding of the clean first frame, as the SVD pipeline computes it
-  context        (N, L, D_text)   stage I text condition: open_clip's penultimate text layer (as SD 2.x uses)
-  null_context   (1, L, D_text)   the empty caption's context, for condition dropout
+  context        (N, L, D_text)   text condition: open_clip's penultimate text layer (as SD 2.x uses); only in
+                                  the store of a resolution that Stage I or a text-conditioned stage trains at
+  null_context   (1, L, D_text)   the empty caption's context, for condition dropout (likewise)
+  cond_frame     (N, 3, H, W)     the clean first frame in [-1, 1], with ``training.cond_aug_online`` for the
+                                  resolutions of image-conditioned stages (noised and encoded every step)
   fps, motion_score, motion_bucket (N,)
   val            (N,)             1 for the evaluation set's clips (training.eval_set: the same for every
                                   variant, appended from its own shards; no variant trains on them)
@@ -18,6 +22,9 @@ F frames are taken every ``stride`` source frames, stride = round(clip fps / tra
 when the clip is too short), from the middle of the clip, away from the transitions at its ends; ``fps`` is the
 rate of the kept frames: what the model is conditioned on and what sampling asks for. Clips with fewer than F frames are left
 out with their reason in ``index.json``; every clip of the dataset is either stored or listed there.
+
+``LatentSet`` is a small part held in memory (the evaluation rows, test data); ``LatentStore`` the whole store,
+read row by row. Both give ``rows(idx, fields)``, ``frames`` and ``null_context()`` to ``training.data``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import hashlib
 import io
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +41,15 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from svdpipe.config import StageConfig, SvdpipeConfig
 from svdpipe.storage import Storage
 from training import eval_set
 from training.conditioning import motion_bucket, sample_cond_aug
+from training.latent_store import LatentStore, ShardWriter, resume_point
 
-__all__ = ["LatentSet", "build_latents", "load_latents", "shape_key", "text_context"]
+__all__ = ["LatentSet", "LatentStore", "build_latents", "load_latents", "shape_key", "text_context"]
 
 
 def shape_key(stage: StageConfig) -> str:
@@ -63,8 +71,36 @@ class LatentSet:
     def split(self, val: bool) -> LatentSet:
         mask = self.tensors["val"].bool() == val
         keep = {k: (v if k == "null_context" else v[mask]) for k, v in self.tensors.items()}
-        ids = [c for c, m in zip(self.index["clip_ids"], mask.tolist()) if m]
-        return LatentSet(keep, {**self.index, "clip_ids": ids})
+        rows = {k: [c for c, m in zip(self.index[k], mask.tolist()) if m]
+                for k in ("clip_ids", "captions") if k in self.index}
+        return LatentSet(keep, {**self.index, **rows})
+
+    def materialize(self, rows: range | None = None) -> LatentSet:
+        """Rows ``rows`` (default all) as a LatentSet, as ``LatentStore.materialize`` gives them."""
+        if rows is None:
+            return self
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        keep = {k: (v if k == "null_context" else v[idx]) for k, v in self.tensors.items()}
+        meta = {k: [self.index[k][i] for i in rows] for k in ("clip_ids", "captions") if k in self.index}
+        return LatentSet(keep, {**self.index, **meta})
+
+    @property
+    def fields(self) -> set[str]:
+        return set(self.tensors)
+
+    @property
+    def frames(self) -> int:
+        return int(self.tensors["latents"].shape[1])
+
+    def null_context(self) -> Tensor:
+        return self.tensors["null_context"]
+
+    def rows(self, idx, fields) -> dict[str, Tensor]:
+        missing = [f for f in fields if f not in self.tensors]
+        if missing:
+            raise KeyError(f"the latent store has no {missing}: rebuild the latents of this variant")
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return {f: self.tensors[f][idx] for f in fields}
 
 
 @torch.no_grad()
@@ -145,7 +181,8 @@ def frame_window(n: int, fps: float, frames: int, frame_rate: float) -> tuple[in
 
 
 @torch.no_grad()
-def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: StageConfig, t, g: torch.Generator) -> dict:
+def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: StageConfig, t, g: torch.Generator,
+                keep_frame: bool = False) -> dict:
     from training.encoders import encode_latents, image_embeddings
 
     start, stride = frame_window(len(frames), fps, stage.frames, t.frame_rate)
@@ -161,6 +198,7 @@ def encode_clip(enc: Encoders, frames: list[np.ndarray], fps: float, stage: Stag
         "sigma_aug": sigma_aug,
         "image_embeds": image_embeddings(enc.image_encoder, enc.feature_extractor, x[:1])[0],
         "stride": stride,
+        **({"cond_frame": x[0]} if keep_frame else {}),  # pixels for training.cond_aug_online
     }
 
 
@@ -182,8 +220,15 @@ def _read_shards(root: Storage, keys: list[str]):
                 yield clip_id, parts["mp4"], json.loads(parts["json"]), parts.get("txt", b"").decode()
 
 
-def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: bool = True) -> dict[str, dict]:
-    """Compute (or reuse) the latents of every stage resolution of ``variant``; returns each key's index."""
+def _needs_text(stages: list[tuple[str, StageConfig]]) -> bool:
+    """Whether a resolution's store keeps the caption context: Stage I and text-conditioned video stages read it."""
+    return any(n == "1" or s.conditioning == "text" for n, s in stages)
+
+
+def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: bool = True,
+                  on_shard: Callable[[str, int], None] | None = None) -> dict[str, dict]:
+    """Compute (or reuse, or finish) the latent store of every stage resolution of ``variant``; returns each key's
+    index. ``on_shard(key, shards written)`` runs after each shard is stored."""
     from tqdm import tqdm
 
     base = f"curated/{variant}"
@@ -193,10 +238,14 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
     shards = sorted(k for k in root.list(f"{base}/shards") if k.endswith(".tar"))
     t = cfg.training
     held_out, eval_shards = eval_set.prepare(root, cfg, progress)
-    stages = {shape_key(s): s for s in t.stages.values()}
+    stages: dict[str, list[tuple[str, StageConfig]]] = {}
+    for n, s in t.stages.items():
+        stages.setdefault(shape_key(s), []).append((n, s))
     enc: Encoders | None = None
     out: dict[str, dict] = {}
-    for key, stage in sorted(stages.items()):
+    for key, group in sorted(stages.items()):
+        stage, text = group[0][1], _needs_text(group)
+        frame = t.cond_aug_online and any(n != "1" and s.conditioning == "image" for n, s in group)
         fingerprint = {
             "dataset_version": selection["clip_ids_sha1"],
             "shape": key,
@@ -207,69 +256,71 @@ def build_latents(root: Storage, variant: str, cfg: SvdpipeConfig, progress: boo
             "eval_set": held_out.fingerprint,
             "seed": cfg.seed,
             "encoders": [t.vae_path, t.image_encoder_path, t.text_encoder, t.text_encoder_pretrained],
+            "store": {"format": "shards-bf16", "shard_clips": t.latent_store.shard_clips, "context": text,
+                      "cond_frame": frame},
         }
-        index_key = f"{prefix(variant, key)}/index.json"
+        store = prefix(variant, key)
+        index_key = f"{store}/index.json"
         if root.exists(index_key):
             old = json.loads(root.read_text(index_key))
             if old.get("fingerprint") == fingerprint:
                 out[key] = old  # a rerun is free: same clips, same encoders, same shapes
                 continue
         enc = enc or Encoders(cfg)
-        rows: dict[str, list] = {}
-        kept, skipped, captions = [], {}, []
-        bar = tqdm(total=selection.get("clips_kept", 0) + len(held_out), desc=f"latents {variant} {key}", unit="clip",
-                   disable=not progress)
-        for clip_id, mp4, meta, caption, role in eval_set.with_held_out(
-                _read_shards(root, shards), _read_shards(root, eval_shards), held_out):
+        writer = ShardWriter(root, store, fingerprint, t.latent_store.shard_clips,
+                             resume_point(root, store, fingerprint))
+
+        def flush(consumed: int) -> None:
+            extra = {"context": text_context(enc.text, writer.pending_captions)} if text else None
+            before = writer.shards
+            writer.flush(consumed, extra)
+            if on_shard is not None and writer.shards > before:
+                on_shard(key, writer.shards)
+
+        bar = tqdm(total=selection.get("clips_kept", 0) + len(held_out), initial=writer.consumed,
+                   desc=f"latents {variant} {key}", unit="clip", disable=not progress)
+        pos, seen_eval = 0, False
+        for pos, (clip_id, mp4, meta, caption, role) in enumerate(eval_set.with_held_out(
+                _read_shards(root, shards), _read_shards(root, eval_shards), held_out), 1):
+            if pos <= writer.consumed:
+                continue  # in a shard an interrupted build already stored
             bar.update(1)
             if role == "held_out":
-                skipped[clip_id] = eval_set.HELD_OUT
+                writer.skip(clip_id, eval_set.HELD_OUT)
                 continue
             frames, fps = _decode_clip(mp4)
             if len(frames) < stage.frames:
-                skipped[clip_id] = f"{len(frames)} frames < {stage.frames} needed"
+                writer.skip(clip_id, f"{len(frames)} frames < {stage.frames} needed")
                 continue
+            if seen_eval and role != "eval":
+                raise AssertionError("evaluation rows must come last (training.eval_set.with_held_out)")
+            seen_eval = role == "eval"
             g = torch.Generator().manual_seed(_clip_seed(cfg.seed, clip_id))
-            item = encode_clip(enc, frames, fps, stage, t, g)
+            item = encode_clip(enc, frames, fps, stage, t, g, keep_frame=frame)
             score = meta.get("motion_score")
             score = float("nan") if score is None else float(score)
             item["fps"] = torch.tensor(fps / item.pop("stride"))
             item["motion_score"] = torch.tensor(score)
             item["motion_bucket"] = motion_bucket(0.0 if score != score else score, t.motion_score_max).float()
             item["val"] = torch.tensor(float(role == "eval"))
-            for name, v in item.items():
-                rows.setdefault(name, []).append(v)
-            kept.append(clip_id)
-            captions.append(caption)
+            if writer.add(clip_id, caption, item):
+                flush(pos)
+        flush(pos)
         bar.close()
-        if not kept:
-            raise ValueError(f"no clip of {base} has {stage.frames} frames for {key}; skipped: {skipped}")
-        tensors = {name: torch.stack(v).contiguous() for name, v in rows.items()}
-        tensors["context"] = text_context(enc.text, captions)
-        tensors["null_context"] = text_context(enc.text, [""])
-        with tempfile.TemporaryDirectory() as tmp:
-            save_file(tensors, f"{tmp}/latents.safetensors")
-            root.upload(Path(tmp) / "latents.safetensors", f"{prefix(variant, key)}/latents.safetensors")
-        index = {
-            "fingerprint": fingerprint,
-            "clip_ids": kept,
-            "captions": captions,
-            "skipped": skipped,
-            "clips": len(kept),
-            "val_clips": int(tensors["val"].sum()),
-            "encoders": enc.names,
-            "scaling_factor": float(enc.vae.config.scaling_factor),
-        }
-        root.write_text(index_key, json.dumps(index, indent=1))  # written last: its presence marks completion
-        out[key] = index
+        if not writer.clips:
+            raise ValueError(f"no clip of {base} has {stage.frames} frames for {key}; skipped: {writer.skipped}")
+        out[key] = writer.finish(
+            {"fingerprint": fingerprint, "encoders": enc.names, "context": text,
+             "scaling_factor": float(enc.vae.config.scaling_factor)},
+            text_context(enc.text, [""]) if text else None,
+        )
     return out
 
 
-def load_latents(root: Storage, variant: str, stage: StageConfig) -> LatentSet:
-    key = prefix(variant, shape_key(stage))
-    if not root.exists(f"{key}/index.json"):
-        raise FileNotFoundError(f"{key} is missing: materialize the latents of variant {variant!r} first")
-    with tempfile.TemporaryDirectory() as tmp:
-        root.download(f"{key}/latents.safetensors", Path(tmp) / "l.safetensors")
-        tensors = load_file(Path(tmp) / "l.safetensors")
-    return LatentSet(tensors, json.loads(root.read_text(f"{key}/index.json")))
+def load_latents(root: Storage, variant: str, stage: StageConfig) -> LatentStore:
+    """The latent store of ``variant`` at ``stage``'s resolution (rows read on demand; ``.materialize()`` for a
+    small part as a ``LatentSet``)."""
+    try:
+        return LatentStore.open(root, prefix(variant, shape_key(stage)))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (variant {variant!r})") from None

@@ -1,9 +1,9 @@
 """Per-stage training objectives: the EDM loss of one micro-batch, with every random draw made up front.
 
-A step's randomness (sigma, noise, condition dropout, the conditioning-frame augmentation) is drawn for the
-*global* batch from one generator seeded by (seed, step), then sliced per rank and micro-batch together with
-the data. So the losses do not depend on how the batch is split over processes or accumulation steps, which
-is what makes a resumed run and a 2-process run reproduce the 1-process run (see ``training.engine``).
+A step's randomness (sigma, noise, condition dropout, the conditioning-frame augmentation) is drawn per sample,
+each from a generator seeded by (seed, step, the sample's index in the global batch) (``training.engine.
+draw_samples``), so the losses do not depend on how the batch is split over processes or accumulation steps,
+which is what makes a resumed run and a 2-process run reproduce the 1-process run (see ``training.engine``).
 
 Every objective returns the per-sample loss lambda(sigma) ||D(x; sigma) - x0||^2 (Karras et al. 2022, Eq. 2)
 with SVD's v-prediction preconditioning (``VPredictionPreconditioning``, sigma_data = 1). ``x = x0 + sigma n``,

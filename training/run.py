@@ -44,9 +44,10 @@ __all__ = [
 def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_version: str, parent: dict | None) -> str:
     """What a stage's model depends on: data, its stage config, the shared training config and its parent model.
 
-    Gradient checkpointing changes memory, not results, so switching it never retrains a stage."""
+    Gradient checkpointing and the latent store's layout change memory and speed, not results, so switching them
+    never retrains a stage."""
     t = cfg.training
-    shared = t.model_dump(mode="json", exclude={"stages", "checkpoint_every", "keep_checkpoints", *LAUNCH_FIELDS})
+    shared = t.model_dump(mode="json", exclude={"stages", "checkpoint_every", "keep_checkpoints", "latent_store", *LAUNCH_FIELDS})
     text = json.dumps(
         [variant, stage, dataset_version,
          t.stages[str(stage)].model_dump(mode="json", exclude={"grad_checkpointing"}), shared, cfg.seed,
@@ -114,7 +115,7 @@ class StageRun:
     fingerprint: str
     dataset_version: str
     parent: dict | None
-    data: object  # training.latents.LatentSet of the training clips
+    data: object  # training.latent_store.LatentStore: the training rows
     ckpt: Checkpoints
     engine: object
     ema: object
@@ -138,18 +139,15 @@ def up_to_date(cfg: SvdpipeConfig, variant: str, stage: int) -> tuple[str, str, 
     return fingerprint, dataset_version, parent, (done if done and done.get("fingerprint") == fingerprint else None)
 
 
-def _stage_batches(cfg: SvdpipeConfig, stage: int, data, global_batch: int):
-    from training.data import image_batches, text_video_batches, video_batches
+def _stage_batches(cfg: SvdpipeConfig, stage: int, data, per_rank: int):
+    """This rank's share of every step's global batch, streamed from the latent store (training.data)."""
+    from training.data import RankBatches, spec_for
 
-    sc, seed = cfg.training.stages[str(stage)], cfg.seed + 1000 * stage
-    if stage == 1:
-        return image_batches(data, global_batch, seed)
-    if sc.conditioning == "text":
-        return text_video_batches(data, global_batch, seed)
-    if cfg.training.cond_aug_online:
-        keys = ("latents", "cond_frame", "image_embeds", "fps", "motion_bucket")
-        return video_batches(data, global_batch, seed, keys)
-    return video_batches(data, global_batch, seed)
+    sc, ls = cfg.training.stages[str(stage)], cfg.training.latent_store
+    spec = spec_for(stage, sc.conditioning, cfg.training.cond_aug_online)
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return RankBatches(data, spec, per_rank * world, cfg.seed + 1000 * stage, rank, per_rank, stop=sc.steps,
+                       num_workers=ls.num_workers, prefetch_factor=ls.prefetch_factor)
 
 
 def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, dataset_version: str,
@@ -169,9 +167,7 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
 
     sc = cfg.training.stages[str(stage)]
     root = open_storage(cfg.data_root)
-    data = load_latents(root, variant, sc).split(val=False)
-    if len(data) == 0:
-        data = load_latents(root, variant, sc)  # a tiny corpus may hold out everything; train on all then
+    data = load_latents(root, variant, sc).training()  # a tiny corpus may hold out everything: all rows then
     model = perf.prepare_model(build_model(root, cfg, variant, stage), cfg.training.perf)
     ds_path = Path(cfg.training.deepspeed)
     ds_path = ds_path if ds_path.suffix == ".json" else CONFIG_DIR / f"{cfg.training.deepspeed}.json"
@@ -190,10 +186,9 @@ def prepare(cfg: SvdpipeConfig, variant: str, stage: int, fingerprint: str, data
 
         cond_vae = profile_vae(cfg).to(engine.device)  # fp32, as SVD encodes (first-stage autocast off)
     objective = objective_for(stage, sc.conditioning, LogNormalSigma(sc.P_mean, sc.P_std), sc.p_drop, cond_vae)
-    global_batch = sc.micro_batch * sc.grad_accum * torch.distributed.get_world_size()
     return StageRun(cfg, variant, stage, root, model_store.model_key(variant, stage), fingerprint, dataset_version,
-                    parent, data, ckpt, engine, ema, objective, _stage_batches(cfg, stage, data, global_batch),
-                    start)
+                    parent, data, ckpt, engine, ema, objective,
+                    _stage_batches(cfg, stage, data, sc.micro_batch * sc.grad_accum), start)
 
 
 def _open_report(run: StageRun, stack: ExitStack, pipes, progress: bool) -> tuple[StageReport | None, dict]:
@@ -214,7 +209,7 @@ def _open_report(run: StageRun, stack: ExitStack, pipes, progress: bool) -> tupl
         tags={**{k: str(v) for k, v in extras.get("mlflow_tags", {}).items()},
               **{f"dvc.{k}": h for k, h in dvc.items()}},
     ))
-    report.log_text("train_clips", json.dumps(run.data.index["clip_ids"]))
+    report.log_text("train_clips", json.dumps(run.data.clip_ids()))
     return report, dvc
 
 

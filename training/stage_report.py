@@ -160,7 +160,7 @@ class StageReport:
 
 @torch.no_grad()
 def stage_samples(cfg: SvdpipeConfig, stage: int, module, data, tmp: Path) -> list[Path]:
-    """Two samples from the first stored clips' conditioning (the model's own view of its data), made on
+    """Two samples from the first stored clips' conditioning (``data``: a LatentStore or LatentSet) (the model's own view of its data), made on
     ``compute.device`` in ``compute.dtype``: images for Stage I, videos from the captions (text) or the first
     frames (image) for the video stages. ``module`` is moved there (pass a copy you do not train further)."""
     from training.device import inference_dtype, resolve_device
@@ -169,7 +169,8 @@ def stage_samples(cfg: SvdpipeConfig, stage: int, module, data, tmp: Path) -> li
     from training.video_io import save_video
 
     device, dtype = resolve_device(cfg), inference_dtype(cfg)
-    t, steps, n = data.tensors, cfg.training.sample_steps, min(2, len(data))
+    n = min(2, len(data))
+    t, steps = data.materialize(range(n)).tensors, cfg.training.sample_steps  # read only the rows sampled from
     vae = profile_vae(cfg).to(device)  # not Encoders: the image and text encoders are not needed to decode
     module = module.to(device=device, dtype=dtype).eval()
     g = torch.Generator().manual_seed(cfg.seed)

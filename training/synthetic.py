@@ -10,13 +10,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["synthetic_image_batches", "synthetic_video_batches"]
+__all__ = ["synthetic_image_batches", "synthetic_latent_store", "synthetic_video_batches"]
 
 Batch = dict[str, Tensor]
 
 
 def _generator(seed: int, step: int) -> torch.Generator:
-    # Offset by a large odd constant so the data stream never coincides with the noise stream (seed + step).
+    # Offset by a large odd constant so the data stream stays apart from the noise streams (training.engine.sample_seed).
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 7_919)
 
 
@@ -69,3 +69,33 @@ def synthetic_video_batches(
         }
 
     return batches_fn
+
+
+def synthetic_latent_store(root, base: str, clips: int, shard_clips: int, *, val_clips: int = 0, frames: int = 4,
+                           height: int = 16, width: int = 16, aug_samples: int = 2, embed_dim: int = 64,
+                           context: bool = True, context_len: int = 77, seed: int = 0) -> dict:
+    """A latent store of ``clips`` random clips (the last ``val_clips`` evaluation rows) at the given latent shapes,
+    written shard by shard as ``training.latents.build_latents`` writes one, without the encoders; its index."""
+    from training.latent_store import ShardWriter, resume_point
+
+    fingerprint = {"synthetic": [clips, shard_clips, frames, height, width, context, seed]}
+    writer = ShardWriter(root, base, fingerprint, shard_clips, resume_point(root, base, fingerprint))
+    for i in range(clips):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        row = {
+            "latents": torch.randn(frames, 4, height, width, generator=g),
+            "z_cond_aug": torch.randn(aug_samples, 4, height, width, generator=g),
+            "sigma_aug": torch.exp(-3 + 0.5 * torch.randn(aug_samples, generator=g)),
+            "image_embeds": torch.randn(embed_dim, generator=g),
+            "fps": torch.tensor(7.0),
+            "motion_score": torch.tensor(float(i % 32)),
+            "motion_bucket": torch.tensor(float(i % 256)),
+            "val": torch.tensor(float(i >= clips - val_clips)),
+        }
+        if context:
+            row["context"] = torch.randn(context_len, embed_dim, generator=g)
+        if writer.add(f"clip{i:07d}", f"caption {i}", row):
+            writer.flush(i + 1)
+    writer.flush(clips)
+    null = torch.zeros(1, context_len, embed_dim) if context else None
+    return writer.finish({"fingerprint": fingerprint, "context": context, "scaling_factor": 1.0}, null)

@@ -5,9 +5,11 @@ All runs train the tiny video UNet for a few steps from the same seed on the sam
 * reference: 1 process, micro-batch 2;
 * 1 process, micro-batch 1, gradient accumulation 2;
 * ``torchrun --nproc_per_node 2`` (gloo on CPU), ZeRO-2, micro-batch 1;
-* ``torchrun --nproc_per_node 2``, ZeRO-3 with every parameter partitioned, micro-batch 1.
+* ``torchrun --nproc_per_node 2``, ZeRO-3 with every parameter partitioned, micro-batch 1;
+* from a latent store, each rank reading only its own samples: 2 processes with a DataLoader worker each,
+  micro-batch 1, against 1 process, micro-batch 2.
 
-The engine draws each step's randomness for the global batch before slicing it per rank and micro-batch, and
+The engine draws each sample's randomness from a generator seeded by (seed, step, its index in the batch), and
 DeepSpeed averages gradients over micro-batches and ranks, so every run computes the same losses, gradients
 and updates up to fp32 summation order. Checked per step: the mean loss; at the end: the EMA weights, and for
 ZeRO-2 the model weights. Each launch costs a DeepSpeed start-up of several seconds, hence one launch per run.
@@ -26,6 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from svdpipe.storage import open_storage
+from training.synthetic import synthetic_latent_store
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "infra" / "deepspeed"
@@ -81,7 +86,12 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     zero3 = json.loads((CONFIGS / "zero3.json").read_text())
     zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # really split every parameter
     (tmp / "zero3_split.json").write_text(json.dumps(zero3))
+    store = tmp / "latents"
+    synthetic_latent_store(open_storage(str(store)), "store", 10, 3, val_clips=2, frames=3, context=False)
     return {
+        "store_1proc_mb2": launch(tmp, "store_1proc_mb2", 1, "--micro-batch", "2", "--latent-store", str(store)),
+        "store_2proc_mb1": launch(tmp, "store_2proc_mb1", 2, "--micro-batch", "1", "--latent-store", str(store),
+                                  "--loader-workers", "1"),
         "1proc_mb2": launch(tmp, "1proc_mb2", 1, "--micro-batch", "2", "--grad-accum", "1"),
         "1proc_mb1_accum2": launch(tmp, "1proc_mb1_accum2", 1, "--micro-batch", "1", "--grad-accum", "2"),
         "2proc_zero2_mb1": launch(tmp, "2proc_zero2_mb1", 2, "--micro-batch", "1", "--grad-accum", "1"),
@@ -91,9 +101,11 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("name", ["1proc_mb1_accum2", "2proc_zero2_mb1", "2proc_zero3_mb1"])
+@pytest.mark.parametrize("name", ["1proc_mb1_accum2", "2proc_zero2_mb1", "2proc_zero3_mb1", "store_2proc_mb1"])
 def test_same_global_batch_same_training(runs, name):
-    ref, run = runs["1proc_mb2"], runs[name]
+    """Synthetic global batches sliced per rank, or (store_*) each rank reading only its samples from a latent
+    store through DataLoader workers."""
+    ref, run = runs["store_1proc_mb2" if name.startswith("store_") else "1proc_mb2"], runs[name]
     assert len(set(ref["losses"])) == STEPS  # training moves, so equal losses mean equal updates
     diffs = [abs(a - b) for a, b in zip(ref["losses"], run["losses"])]
     print(f"{name}: max |loss diff| vs 1proc_mb2 = {max(diffs):.3e} over {STEPS} steps")

@@ -78,10 +78,10 @@ def test_every_variant_is_evaluated_on_the_same_clips_and_trains_on_none(curated
     for variant in ("svd", "uncurated"):
         built = build_latents(root, variant, cfg, progress=False)
         data = load_latents(root, variant, stage)
-        train, held = data.split(val=False), data.split(val=True)
+        train, held = data.split(val=False), data.split(val=True).materialize()
         rows[variant] = held
         assert held.index["clip_ids"] == list(chosen.clip_ids), variant  # the same clips, in the same order
-        assert not set(train.index["clip_ids"]) & set(chosen.clip_ids), variant  # never trained on
+        assert not set(train.clip_ids()) & set(chosen.clip_ids), variant  # never trained on
         kept = set(select(clips, variant, cfg.variants[variant]).kept["clip_id"])
         index = built[next(iter(built))]
         assert index["fingerprint"]["eval_set"] == chosen.fingerprint

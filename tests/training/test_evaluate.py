@@ -8,12 +8,12 @@ import math
 import mlflow
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from svdpipe.config import EvaluationConfig, MlflowConfig, StageConfig, SvdpipeConfig, TrainingConfig
 from svdpipe.storage import LocalStorage
 from training import model_store
 from training.encoders import build_feature_extractor, build_image_encoder, build_vae
+from training.latent_store import write_rows
 from training.evaluate import (
     EvalResult,
     evaluate,
@@ -41,7 +41,7 @@ def make_cfg(tmp_path, **eval_kw) -> SvdpipeConfig:
 
 
 def write_latents(root: LocalStorage, variant: str, n: int, val: list[int], seed: int = 0) -> None:
-    """A latents set in training.latents' layout (safetensors + index.json written last)."""
+    """A latent store in training.latents' layout (shards, evaluation rows last, index.json written last)."""
     g = torch.Generator().manual_seed(seed)
     h = STAGE.height // 4  # the tiny autoencoder downsamples 4x
     tensors = {
@@ -56,15 +56,9 @@ def write_latents(root: LocalStorage, variant: str, n: int, val: list[int], seed
         "motion_bucket": torch.randint(0, 256, (n,), generator=g).float(),
         "val": torch.tensor([float(i in val) for i in range(n)]),
     }
-    key = f"latents/{variant}/{shape_key(STAGE)}"
-    tmp = root.path / "tmp.safetensors"
-    save_file(tensors, str(tmp))
-    root.upload(tmp, f"{key}/latents.safetensors")
-    tmp.unlink()
     ids = [f"clip{i:03d}" for i in range(n)]
-    index = {"fingerprint": {"dataset_version": f"dv-{variant}", "eval_set": "clips-a"}, "clip_ids": ids, "clips": n,
-             "val_clips": len(val)}
-    root.write_text(f"{key}/index.json", json.dumps(index))
+    write_rows(root, f"latents/{variant}/{shape_key(STAGE)}", tensors, ids, [f"caption {i}" for i in ids], 4,
+               {"fingerprint": {"dataset_version": f"dv-{variant}", "eval_set": "clips-a"}})
 
 
 def write_models(root: LocalStorage, variant: str, tmp_path, seed: int = 0) -> None:

@@ -3,17 +3,15 @@ sample videos from the held-out clips' captions, with a bf16 model (compute.dtyp
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from svdpipe.config import load_config
 from svdpipe.storage import open_storage
 from training import model_store
 from training.evaluate_base import evaluate_text_stage
 from training.export import save_unet
+from training.latent_store import write_rows
 from training.models import build_video_unet
 
 SETTINGS = ["training.stages.2.height=32", "training.stages.2.width=32", "training.stages.2.frames=3",
@@ -27,10 +25,7 @@ def _root_with_text_stage(tmp_path, weights_seed: int):
     tensors = {"latents": torch.randn(n, 3, 4, 8, 8, generator=g), "context": torch.randn(n, 5, 64, generator=g),
                "null_context": torch.zeros(1, 5, 64), "fps": torch.full((n,), 7.0),
                "motion_bucket": torch.tensor([0.0, 127.0, 255.0]), "val": torch.tensor([1.0, 1.0, 0.0])}
-    save_file(tensors, str(tmp_path / "l.safetensors"))
-    root.upload(tmp_path / "l.safetensors", "latents/v/32x32x3/latents.safetensors")
-    root.write_text("latents/v/32x32x3/index.json", json.dumps(
-        {"clip_ids": ["a", "b", "c"], "captions": ["a red ball", "waves", "a train"]}))
+    write_rows(root, "latents/v/32x32x3", tensors, ["a", "b", "c"], ["a red ball", "waves", "a train"], 2, {})
     torch.manual_seed(weights_seed)
     save_unet(build_video_unet("tiny", conditioning="text"), tmp_path / f"unet{weights_seed}")
     model_store.put_dir(root, tmp_path / f"unet{weights_seed}", model_store.model_key("v", 2), {"stage": 2})

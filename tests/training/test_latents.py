@@ -28,7 +28,7 @@ def test_latents_of_every_stage_resolution(curated_copy):
         # Every curated clip is stored or has a reason (an evaluation clip's: held out); evaluation rows come extra.
         assert index["clips"] - index["val_clips"] + len(index["skipped"]) == kept
     stage = cfg.training.stages["2"]
-    data = load_latents(root, "uncurated", stage)
+    data = load_latents(root, "uncurated", stage).materialize()
     t, n, k = data.tensors, len(data), cfg.training.cond_aug_samples
     f = 4  # the tiny autoencoder's downsampling
     assert t["latents"].shape == (n, stage.frames, 4, stage.height // f, stage.width // f)
@@ -48,7 +48,7 @@ def test_latents_of_every_stage_resolution(curated_copy):
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes and stamp
     cfg2 = load_config("tiny", str(curated_copy), ["training.cond_aug_samples=3"])
     again = build_latents(root, "uncurated", cfg2, progress=False)
-    assert load_latents(root, "uncurated", cfg2.training.stages["2"]).tensors["sigma_aug"].shape[1] == 3
+    assert load_latents(root, "uncurated", cfg2.training.stages["2"]).rows([0], ["sigma_aug"])["sigma_aug"].shape == (1, 3)
     assert again[shape_key(stage)]["fingerprint"] != built[shape_key(stage)]["fingerprint"]
 
 
