@@ -116,6 +116,5 @@ def curated_dataset(
         "shards_rebuilt": built.rebuilt_shards,
         "histograms": dg.MetadataValue.md(inline_image(built.histogram_png, "score histograms")),
         "histograms_path": dg.MetadataValue.path(svdpipe.storage.uri(f"{curated.prefix(variant)}/histograms.png")),
-        "mlflow_run_id": run.info.run_id,
     })
 

@@ -40,8 +40,7 @@ def ingested_batch(
             "table": dg.MetadataValue.path(svdpipe.storage.uri(ingest.batch_key(context.partition_key,
                                                                                 "videos.parquet"))),
             "rejected_inputs": dg.MetadataValue.md(_reasons_markdown(frame)),
-            "mlflow_run_id": run.info.run_id,
-        }
+            }
     )
 
 @dg.asset(

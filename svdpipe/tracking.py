@@ -48,9 +48,10 @@ def tracking_uri(cfg: SvdpipeConfig) -> str:
     return f"sqlite:///{project.mlflow_dir() / 'mlflow.db'}"
 
 
-def server_url(cfg: SvdpipeConfig) -> str | None:
-    """The tracking server's web address when the store is one (http/https), else None."""
-    uri = tracking_uri(cfg)
+def ui_url(cfg: SvdpipeConfig) -> str | None:
+    """The MLflow UI's web address: ``mlflow.ui_url``, else the tracking URI when it is a server (http/https);
+    None for a store without a UI (a SQLite file, a database)."""
+    uri = cfg.mlflow.ui_url or tracking_uri(cfg)
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
@@ -59,9 +60,17 @@ def experiment_path(experiment_id: str) -> str:
     return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
-def run_url(cfg: SvdpipeConfig, experiment_id: str, run_id: str) -> str | None:
-    base = server_url(cfg)
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+def run_url(cfg: SvdpipeConfig, run_id: str, experiment_id: str | None = None) -> str | None:
+    """The run's page in the MLflow UI, or None where there is no UI (Dagster metadata then shows the run id).
+    Without ``experiment_id`` the run is looked up for it."""
+    base = ui_url(cfg)
+    if base is None or not run_id:
+        return None
+    if experiment_id is None:
+        import mlflow
+
+        experiment_id = mlflow.MlflowClient(tracking_uri(cfg)).get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def display_name(tags: dict[str, str], fallback: str) -> str:

@@ -35,6 +35,22 @@ def test_runs_are_named_by_stage_and_nest_under_their_dagster_run(tmp_path):
     assert runs["compare"].data.tags["mlflow.parentRunId"] == runs["pipeline r-2"].info.run_id
     assert runs["compare"].data.tags["dagster.run_id"] == "r-2"
 
-    assert tracking.run_url(cfg, "1", "abc") is None  # a SQLite store has no web address
-    served = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "http://mlf:5000/"})})
-    assert tracking.run_url(served, "1", "abc") == "http://mlf:5000/#/experiments/1/runs/abc"
+    assert tracking.run_url(cfg, "abc", "1") is None  # a SQLite store has no web address
+
+
+def test_a_run_url_points_at_the_tracking_server_or_the_configured_ui(tmp_path):
+    sqlite = f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"
+    cfg = load_config("tiny", str(tmp_path / "root"), [sqlite], environ={})
+    served = load_config("tiny", str(tmp_path / "root"), ["mlflow.tracking_uri=https://mlf:5000/"], environ={})
+    assert tracking.run_url(served, "abc", "1") == "https://mlf:5000/#/experiments/1/runs/abc"
+    # A server reached inside a cluster by one name and from a browser by another: the UI's address wins.
+    inside = load_config("tiny", str(tmp_path / "root"), ["mlflow.tracking_uri=http://mlflow.svc:5000",
+                                                          "mlflow.ui_url=https://mlflow.example.org/"], environ={})
+    assert tracking.run_url(inside, "abc", "7") == "https://mlflow.example.org/#/experiments/7/runs/abc"
+    # Without the experiment the run is looked up for it.
+    with_ui = load_config("tiny", str(tmp_path / "root"), [sqlite, "mlflow.ui_url=http://ui:5000"], environ={})
+    with tracking.start_run(with_ui, "x", {"stage": "compare"}) as run:
+        pass
+    assert tracking.run_url(with_ui, run.info.run_id) == (
+        f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    assert tracking.run_url(cfg, run.info.run_id) is None
