@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from svdpipe.config import SvdpipeConfig
+from svdpipe.tracking import HEADLINE_METRICS, headline_rank
 from training.metrics.directions import COUNT, SE, better, is_uncertainty, rank_blocker
 
 __all__ = ["Comparison", "axis_range", "best_variants", "better_direction", "compare_variants", "log_comparison"]
 
 ID_COLUMNS = ["variant", "dataset_version", "run_id", "evaluated_stage", "model_run_id", "eval_set", "held_out",
               "start_time"]
-_HEADLINE = ("val_loss", "fvd", "fd_", "motion_fidelity", "temporal_consistency", "motion_magnitude")
 CLOSE = 0.5  # figures whose spread is under this share of their size get an axis that does not start at zero
 
 
@@ -35,8 +35,8 @@ def better_direction(metric: str) -> str | None:
 
 
 def _order(metric: str) -> tuple:
-    head = next((i for i, p in enumerate(_HEADLINE) if metric == p or (p.endswith("_") and metric.startswith(p))), 9)
-    return (better(metric) is None and head == 9, head, metric)
+    head = headline_rank(metric)
+    return (better(metric) is None and head == len(HEADLINE_METRICS), head, metric)
 
 
 @dataclass

@@ -54,3 +54,13 @@ def test_a_run_url_points_at_the_tracking_server_or_the_configured_ui(tmp_path):
     assert tracking.run_url(with_ui, run.info.run_id) == (
         f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     assert tracking.run_url(cfg, run.info.run_id) is None
+
+
+def test_headline_metrics_are_stored_first_so_that_mlflow_compare_plots_one_by_default(tmp_path):
+    cfg = load_config("tiny", str(tmp_path / "root"), [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], environ={})
+    metrics = {"n_val_clips": 4.0, "se/val_loss": 0.1, "temporal_consistency": 0.9, "fd_tiny": 3.0, "val_loss": 0.5,
+               "n_videos": 2.0}
+    with tracking.start_run(cfg, "eval", {"stage": "eval", "curation_variant": "svd"}) as run:
+        tracking.log_metrics(metrics)
+    stored = list(mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run.info.run_id).data.metrics)
+    assert stored == ["val_loss", "fd_tiny", "temporal_consistency", "n_val_clips", "se/val_loss", "n_videos"]
