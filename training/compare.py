@@ -116,9 +116,10 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(4, max(1, len(metrics)))
+    # Three panels a row, 300 px each: the picture fits the Dagster metadata dialog unscaled (it grows downwards).
+    cols = min(3, max(1, len(metrics)))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     variants = table["variant"].tolist()
     for ax, metric in zip(axes.flat, metrics):
@@ -146,7 +147,7 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     fig.suptitle(f"Curation variants on evaluation set {eval_set} (error bars: ± standard error)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
