@@ -30,18 +30,37 @@ def _row(page, label: str):
 
 def _metric_grid(page, columns: int) -> dict[str, list[str]]:
     """The Metrics section of the comparison: metric name -> last value per run column. MLflow draws it as
-    two aligned virtualized grids, the names (links to the metric plot) and the values, one cell per
-    (metric, run) in row order."""
+    two aligned virtualized grids, the names (links to the metric plot) and the values, of a few rows at a time;
+    this scrolls the values grid (with the mouse wheel, as a person does; the names follow) from top to bottom and
+    pairs the rendered names and cells by their row's offset."""
     switch = page.get_by_role("switch", name="Metrics - Show diff only")
     section = switch.locator("xpath=ancestor::div[.//div[@role='grid']][1]")
     grids = section.locator("[role='grid']")
     if grids.count() < 2:
         return {"(layout)": [f"{grids.count()} grids in the Metrics section"]}
-    names = [t.strip() for t in grids.nth(0).locator("[role='rowgroup'] > div").all_inner_texts()]
-    cells = [t.strip() for t in grids.nth(1).locator("[role='rowgroup'] > div").all_inner_texts()]
-    if len(cells) != len(names) * columns:
-        return {"(layout)": [f"{len(names)} metric names, {len(cells)} value cells for {columns} runs"]}
-    return {name: cells[i * columns:(i + 1) * columns] for i, name in enumerate(names)}
+    read = "g => [...g.querySelectorAll(\"[role='rowgroup'] > div\")].map(c => [c.style.top, c.style.left, c.innerText.trim()])"
+    rows: dict[str, list[tuple[str, str]]] = {}
+    names: dict[str, str] = {}
+    values = grids.nth(1)
+    values.hover()
+    for _ in range(200):  # a bound, not a wait: each pass scrolls one viewport down
+        names.update({top: text for top, _, text in grids.nth(0).evaluate(read)})
+        for top, left, text in values.evaluate(read):
+            cells = rows.setdefault(top, [])
+            if (left, text) not in cells and left not in [c[0] for c in cells]:
+                cells.append((left, text))
+        before = values.evaluate("g => g.scrollTop")
+        page.mouse.wheel(0, values.evaluate("g => g.clientHeight"))
+        page.wait_for_timeout(100)  # the grid renders the rows scrolled into view on the next frame
+        if values.evaluate("g => g.scrollTop") == before:
+            break
+    table = {}
+    for top, name in names.items():
+        cells = sorted(rows.get(top, []), key=lambda c: float(c[0].rstrip("px") or 0))
+        table[name] = [text for _, text in cells]
+    if any(len(v) != columns for v in table.values()):
+        return {"(layout)": [f"{len(table)} metric names whose cells are not {columns} per row: {table}"]}
+    return table
 
 
 def _expand_pipeline_runs(page, url: str, names: list[str], shots, what: str) -> None:
@@ -78,7 +97,7 @@ def test_compare_runs_shows_both_variants_and_the_metric(mlflow_ui, page, shots)
     try:
         page.get_by_text("Comparing 2 Runs", exact=False).first.wait_for(timeout=45_000)
         _row(page, "curation_variant").first.wait_for(timeout=30_000)
-        page.get_by_role("link", name="val_loss", exact=True).first.wait_for(timeout=30_000)
+        page.get_by_role("switch", name="Metrics - Show diff only").wait_for(timeout=30_000)
     except Exception as e:  # noqa: BLE001 - report what the page shows instead
         shot = shots.take(page, "mlflow_compare_runs_FAILED", full_page=True)
         pytest.fail(f"run comparison of {names} did not render ({e.__class__.__name__}) at {page.url}; screenshot "
