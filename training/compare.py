@@ -119,7 +119,7 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     # Three panels a row, 300 px each: the picture fits the Dagster metadata dialog unscaled (it grows downwards).
     cols = min(3, max(1, len(metrics)))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False, constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     variants = table["variant"].tolist()
     for ax, metric in zip(axes.flat, metrics):
@@ -135,9 +135,11 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
         for i, v in enumerate(values):
             n = counts.iloc[i]
             label = "NaN" if math.isnan(v) else f"{v:.3g}" + (f"\nn={int(n)}" if not math.isnan(n) else "")
-            ax.annotate(label, (i, base if math.isnan(v) else v), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
+            # Beside the error bar, not across it.
+            ax.annotate(label, (i, base if math.isnan(v) else v), ha="left", va="bottom", fontsize=7,
+                        xytext=(5, 2), textcoords="offset points")
         ax.set_ylim(lo, hi)
+        ax.ticklabel_format(axis="y", useOffset=False)  # tick labels read as the figures, not as offsets
         ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
         d = better(metric)
         axis = "" if from_zero else f", axis from {lo:.3g}"
@@ -145,7 +147,6 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
     fig.suptitle(f"Curation variants on evaluation set {eval_set} (error bars: ± standard error)", fontsize=9)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
