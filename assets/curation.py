@@ -12,6 +12,7 @@ from curation import batch_scoring, curated_dataset as curated, dedup, ingest
 from assets.partitions import ingest_batches, variants
 from assets.concurrency import POOL, writes_tables
 from assets.resources import MlflowResource, RayClusterResource, SvdpipeResource
+from svdpipe import tracking
 from svdpipe.dvc_hash import dir_hash
 from svdpipe.markdown import inline_image
 
@@ -97,11 +98,11 @@ def curated_dataset(
     sel = built.selection
     summary = sel.summary()
     with mlflow.start_run(context, f"curate {variant}", stage="curate", curation_variant=variant,
-                          dataset_version=sel.fingerprint(), dvc_hash=dvc) as run:
+                          dataset_version=sel.fingerprint(), dvc_hash=dvc):
         import mlflow as mlflow_lib
 
-        mlflow_lib.log_metrics({"clips_total": sel.total, "clips_usable": sel.pool, "clips_kept": len(sel.kept),
-                                **{f"kept_by.{k}": v for k, v in sel.kept_by_filter.items()}})
+        tracking.log_metrics({"clips_kept": len(sel.kept), "clips_total": sel.total, "clips_usable": sel.pool,
+                              **{f"kept_by.{k}": v for k, v in sel.kept_by_filter.items()}})
         mlflow_lib.log_dict(summary, "selection.json")
         mlflow_lib.log_image(Image.open(io.BytesIO(built.histogram_png)), "histograms.png")
     return dg.MaterializeResult(metadata={
@@ -116,6 +117,5 @@ def curated_dataset(
         "shards_rebuilt": built.rebuilt_shards,
         "histograms": dg.MetadataValue.md(inline_image(built.histogram_png, "score histograms")),
         "histograms_path": dg.MetadataValue.path(svdpipe.storage.uri(f"{curated.prefix(variant)}/histograms.png")),
-        "mlflow_run_id": run.info.run_id,
     })
 

@@ -13,7 +13,7 @@ import dagster as dg
 from assets import guards
 from assets.training import finetuned_model
 from assets.partitions import variants
-from assets.resources import SvdpipeResource
+from assets.resources import SvdpipeResource, mlflow_run
 from svdpipe.markdown import inline_image
 
 
@@ -38,14 +38,15 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
     guards.model(svdpipe.storage, context.partition_key, 3)
     guards.latents(svdpipe.storage, context.partition_key)
     out = evaluate_variant(svdpipe.storage, context.partition_key, svdpipe.config, log=context.log.info)
-    return dg.MaterializeResult(metadata=_metadata(out))
+    return dg.MaterializeResult(metadata=_metadata(out, svdpipe.config))
 
 
-def _metadata(out) -> dict:
+def _metadata(out, cfg) -> dict:
     r, decision = out.result, out.decision
+    model_run = out.model_info.get("run_id")
     metadata = {
-        "mlflow_run_id": out.run_id,
-        "model_run_id": out.model_info.get("run_id"),
+        "mlflow_run": mlflow_run(cfg, out.run_id),
+        "model_run": mlflow_run(cfg, model_run) if model_run else "",
         "dataset_version": out.model_info.get("dataset_version"),
         "eval_set": r.eval_set,
         "evaluated_again": not out.reused,
@@ -93,7 +94,7 @@ def variant_comparison(svdpipe: SvdpipeResource) -> dg.MaterializeResult:
         "variants": dg.MetadataValue.json(comparison.table["variant"].tolist()),
         "eval_set": comparison.eval_set,
         "notes": dg.MetadataValue.json(comparison.notes),
-        "mlflow_run_id": run_id,
+        "mlflow_run": mlflow_run(cfg, run_id),
     }
     if comparison.png is not None:
         metadata["plot"] = dg.MetadataValue.md(inline_image(comparison.png.read_bytes(), "variant comparison"))

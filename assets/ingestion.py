@@ -28,7 +28,7 @@ def ingested_batch(
     cfg = svdpipe.config
     frame = ingest.ingest_batch(svdpipe.storage, context.partition_key, cfg.ingest, progress=False)
     counts = ingest.summarize(frame)
-    with mlflow.start_run(context, f"ingest {context.partition_key}", stage="ingest") as run:
+    with mlflow.start_run(context, f"ingest {context.partition_key}", stage="ingest"):
         import mlflow as mlflow_lib
 
         mlflow_lib.log_metrics(counts)
@@ -40,8 +40,7 @@ def ingested_batch(
             "table": dg.MetadataValue.path(svdpipe.storage.uri(ingest.batch_key(context.partition_key,
                                                                                 "videos.parquet"))),
             "rejected_inputs": dg.MetadataValue.md(_reasons_markdown(frame)),
-            "mlflow_run_id": run.info.run_id,
-        }
+            }
     )
 
 @dg.asset(

@@ -39,8 +39,15 @@ class SvdpipeResource(dg.ConfigurableResource):
         return open_storage(self.config.data_root)
 
 
+def mlflow_run(cfg: SvdpipeConfig, run_id: str, experiment_id: str | None = None) -> dg.MetadataValue | str:
+    """An MLflow run in asset metadata: a link to its page where the store has a web UI, else its id."""
+    url = tracking.run_url(cfg, run_id, experiment_id)
+    return dg.MetadataValue.url(url) if url else run_id
+
+
 class MlflowResource(dg.ConfigurableResource):
-    """Opens MLflow runs tagged with the Dagster run, asset and partition that produced them."""
+    """Opens MLflow runs tagged with the Dagster run, asset and partition that produced them; the asset's
+    materialization gets ``mlflow_run`` (see ``mlflow_run``)."""
 
     svdpipe: SvdpipeResource
 
@@ -51,9 +58,7 @@ class MlflowResource(dg.ConfigurableResource):
             dagster_tags["dagster.partition"] = context.partition_key
         cfg = self.svdpipe.config
         with tracking.start_run(cfg, run_name, {**dagster_tags, **tags}) as run:
-            url = tracking.run_url(cfg, run.info.experiment_id, run.info.run_id)
-            if url:  # a link in the asset's metadata when the store is a server with a web UI
-                context.add_asset_metadata({"mlflow_run": dg.MetadataValue.url(url)})
+            context.add_asset_metadata({"mlflow_run": mlflow_run(cfg, run.info.run_id, run.info.experiment_id)})
             yield run
 
 

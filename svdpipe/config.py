@@ -231,6 +231,10 @@ class MlflowConfig(_Section):
         None, description="MLflow tracking URI; unset means $MLFLOW_TRACKING_URI, else a local SQLite store"
     )
     experiment: str = "svdpipe"
+    ui_url: str | None = Field(
+        None, description="the MLflow UI's address as a browser reaches it, for links in Dagster metadata (a server "
+        "known inside a cluster by another name); unset: the tracking URI when it is http(s)"
+    )
     artifact_location: str | None = Field(
         None, description="artifact root for a newly created experiment (e.g. s3://bucket/mlflow); None: the default"
     )

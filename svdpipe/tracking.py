@@ -35,6 +35,11 @@ VIEW_COLUMNS = [
     *(f"metrics.`{m}`" for m in ("loss", "val_loss", "motion_fidelity", "temporal_consistency", "clips_kept")),
     "attributes.`Duration`",
 ]
+# The figures runs are compared by, in that order (a name ending in "_" is a prefix: fd_<extractor>). MLflow keeps
+# a run's metrics in the order they were first logged and its Compare view plots the first one the runs share, so
+# these are logged first (``log_metrics``): the default plot is a headline figure, not a count.
+HEADLINE_METRICS = ("val_loss", "fvd", "fd_", "motion_fidelity", "temporal_consistency", "motion_magnitude", "loss",
+                    "clips_kept")
 STAGE_NAMES = {"1": "stage1", "2": "stage2", "3": "stage3"}
 PARENT_TAG = "svdpipe.pipeline_run"  # on the parent run: the Dagster run id it stands for
 
@@ -48,9 +53,10 @@ def tracking_uri(cfg: SvdpipeConfig) -> str:
     return f"sqlite:///{project.mlflow_dir() / 'mlflow.db'}"
 
 
-def server_url(cfg: SvdpipeConfig) -> str | None:
-    """The tracking server's web address when the store is one (http/https), else None."""
-    uri = tracking_uri(cfg)
+def ui_url(cfg: SvdpipeConfig) -> str | None:
+    """The MLflow UI's web address: ``mlflow.ui_url``, else the tracking URI when it is a server (http/https);
+    None for a store without a UI (a SQLite file, a database)."""
+    uri = cfg.mlflow.ui_url or tracking_uri(cfg)
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
@@ -59,9 +65,34 @@ def experiment_path(experiment_id: str) -> str:
     return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
-def run_url(cfg: SvdpipeConfig, experiment_id: str, run_id: str) -> str | None:
-    base = server_url(cfg)
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+def run_url(cfg: SvdpipeConfig, run_id: str, experiment_id: str | None = None) -> str | None:
+    """The run's page in the MLflow UI, or None where there is no UI (Dagster metadata then shows the run id).
+    Without ``experiment_id`` the run is looked up for it."""
+    base = ui_url(cfg)
+    if base is None or not run_id:
+        return None
+    if experiment_id is None:
+        import mlflow
+
+        experiment_id = mlflow.MlflowClient(tracking_uri(cfg)).get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def headline_rank(metric: str) -> int:
+    """The metric's place in ``HEADLINE_METRICS``; ``len(HEADLINE_METRICS)`` for every other metric."""
+    return next((i for i, h in enumerate(HEADLINE_METRICS) if metric == h or (h.endswith("_") and metric.startswith(h))),
+                len(HEADLINE_METRICS))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """``mlflow.log_metrics`` on the active run, the headline figures first and in their order."""
+    import mlflow
+
+    ordered = sorted(metrics, key=headline_rank)  # stable: the rest keep their order
+    head = [k for k in ordered if headline_rank(k) < len(HEADLINE_METRICS)]
+    for keys in (head, ordered[len(head):]):  # two calls: the headline ones are stored before any other
+        if keys:
+            mlflow.log_metrics({k: metrics[k] for k in keys}, step=step)
 
 
 def display_name(tags: dict[str, str], fallback: str) -> str:

@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from svdpipe.config import SvdpipeConfig
+from svdpipe.tracking import HEADLINE_METRICS, headline_rank
 from training.metrics.directions import COUNT, SE, better, is_uncertainty, rank_blocker
 
 __all__ = ["Comparison", "axis_range", "best_variants", "better_direction", "compare_variants", "log_comparison"]
 
 ID_COLUMNS = ["variant", "dataset_version", "run_id", "evaluated_stage", "model_run_id", "eval_set", "held_out",
               "start_time"]
-_HEADLINE = ("val_loss", "fvd", "fd_", "motion_fidelity", "temporal_consistency", "motion_magnitude")
 CLOSE = 0.5  # figures whose spread is under this share of their size get an axis that does not start at zero
 
 
@@ -35,8 +35,8 @@ def better_direction(metric: str) -> str | None:
 
 
 def _order(metric: str) -> tuple:
-    head = next((i for i, p in enumerate(_HEADLINE) if metric == p or (p.endswith("_") and metric.startswith(p))), 9)
-    return (better(metric) is None and head == 9, head, metric)
+    head = headline_rank(metric)
+    return (better(metric) is None and head == len(HEADLINE_METRICS), head, metric)
 
 
 @dataclass
@@ -116,9 +116,10 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(4, max(1, len(metrics)))
+    # Three panels a row, 300 px each: the picture fits the Dagster metadata dialog unscaled (it grows downwards).
+    cols = min(3, max(1, len(metrics)))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False, constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     variants = table["variant"].tolist()
     for ax, metric in zip(axes.flat, metrics):
@@ -134,9 +135,11 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
         for i, v in enumerate(values):
             n = counts.iloc[i]
             label = "NaN" if math.isnan(v) else f"{v:.3g}" + (f"\nn={int(n)}" if not math.isnan(n) else "")
-            ax.annotate(label, (i, base if math.isnan(v) else v), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
+            # Beside the error bar, not across it.
+            ax.annotate(label, (i, base if math.isnan(v) else v), ha="left", va="bottom", fontsize=7,
+                        xytext=(5, 2), textcoords="offset points")
         ax.set_ylim(lo, hi)
+        ax.ticklabel_format(axis="y", useOffset=False)  # tick labels read as the figures, not as offsets
         ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
         d = better(metric)
         axis = "" if from_zero else f", axis from {lo:.3g}"
@@ -144,9 +147,8 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
     fig.suptitle(f"Curation variants on evaluation set {eval_set} (error bars: ± standard error)", fontsize=9)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

@@ -336,7 +336,7 @@ def log_evaluation(
     """
     import mlflow
 
-    from svdpipe.tracking import start_run
+    from svdpipe.tracking import log_metrics, start_run
 
     tags = {"stage": "eval", "curation_variant": variant, "dataset_version": str(dataset_version or ""),
             "evaluated_stage": str(result.stage), "model_run_id": str(model_run_id or ""),
@@ -347,7 +347,7 @@ def log_evaluation(
     with start_run(cfg, f"eval-{variant}-stage{result.stage}", tags) as run:
         mlflow.log_params({"eval.feature_extractor_name": str(result.details.get("feature_extractor", "")),
                            "eval.n_videos": result.n_videos})
-        mlflow.log_metrics(result.metrics)
+        log_metrics(result.metrics)  # headline first: what MLflow's Compare view plots by default
         for p in result.video_paths:
             mlflow.log_artifact(str(p), artifact_path="samples")
         mlflow.log_text(result.to_json(), "metrics.json")

@@ -232,7 +232,7 @@ def train_stage(cfg: SvdpipeConfig, variant: str, stage: int, *, force: bool = F
         with _pipes() as pipes:
             if pipes is not None:
                 pipes.log.info(f"stage {stage} of {variant!r} is up to date (run {done.get('run_id')}); not retrained")
-                pipes.report_asset_materialization(metadata=materialization_metadata(done, skipped=True),
+                pipes.report_asset_materialization(metadata=materialization_metadata(cfg, done, skipped=True),
                                                    data_version=fingerprint)
         return {**done, "skipped": True}
 

@@ -31,10 +31,15 @@ __all__ = ["StageReport", "sigma_bin_names", "stage_samples"]
 RUN_FILE = "mlflow_run.json"  # beside the stage's checkpoints
 
 
-def materialization_metadata(info: dict, skipped: bool, extra: dict | None = None) -> dict:
-    """What a stage reports to Dagster (through Pipes): the MLflow run, data version and losses."""
-    keys = ("run_id", "dataset_version", "steps", "resumed_from", "final_loss", "train_clips", "world_size", "seconds")
-    meta = {("mlflow_run_id" if k == "run_id" else k): info[k] for k in keys if info.get(k) is not None}
+def materialization_metadata(cfg: SvdpipeConfig, info: dict, skipped: bool, extra: dict | None = None,
+                             experiment_id: str | None = None) -> dict:
+    """What a stage reports to Dagster (through Pipes): the MLflow run (a link where the store has a web UI,
+    else its id), data version and losses."""
+    keys = ("dataset_version", "steps", "resumed_from", "final_loss", "train_clips", "world_size", "seconds")
+    meta = {k: info[k] for k in keys if info.get(k) is not None}
+    if info.get("run_id"):
+        url = tracking.run_url(cfg, info["run_id"], experiment_id)
+        meta["mlflow_run"] = {"type": "url", "raw_value": url} if url else info["run_id"]
     if info.get("dvc_hashes"):
         meta["dvc_hashes"] = {"type": "json", "raw_value": info["dvc_hashes"]}
     return {**meta, **(extra or {}), "skipped": skipped}
@@ -125,7 +130,9 @@ class StageReport:
         if self.pipes is not None:
             extra["first_loss"] = self.losses[0][1] if self.losses else float("nan")
             self.pipes.report_asset_materialization(
-                metadata=materialization_metadata(info, skipped=False, extra=extra), data_version=info["fingerprint"]
+                metadata=materialization_metadata(self.cfg, info, skipped=False, extra=extra,
+                                                  experiment_id=self.run.info.experiment_id),
+                data_version=info["fingerprint"]
             )
 
     def __exit__(self, *exc) -> None:

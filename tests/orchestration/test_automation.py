@@ -1,9 +1,14 @@
 """Declarative automation and the retraining schedule, evaluated against a real Dagster instance."""
 
+import json
 import shutil
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from assets.ingestion import ingested_batch, videos
 from orchestration.definitions import defs
@@ -49,3 +54,47 @@ def test_retrain_schedule_runs_stage3_of_the_configured_variant_on_its_cron():
     assert {"finetuned_model", "evaluation", "clip_latents", "curated_dataset"} <= selected
     assert "image_model" not in selected and "video_model" not in selected
     assert defs.resolve_job_def("retrain_finetune").tags["svdpipe/stage"] == "train"
+
+
+def test_the_readme_walkthrough_drop_videos_into_the_watched_folder_and_the_chain_runs(cli, tmp_path):
+    """README, Automation: set ``ingest.watch``, drop files in; both sensors run by default and the daemon's
+    ticks carry the new batch through ingestion, scoring and curation into every variant, and no further."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    cli.env["SVDPIPE_HOME"] = str(tmp_path / "project")
+    for name in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI"):  # the project's own stores, as `make ui` uses them
+        cli.env.pop(name)
+    cli("settings", "--set", f"ingest.watch={incoming}")
+    cli("sample-corpus", str(incoming), "--videos", "2", "--seconds", "6", "--no-broken")
+
+    ticks = subprocess.run([sys.executable, str(Path(__file__).parent / "daemon_ticks.py")], env=cli.env,
+                           cwd=cli.cwd, capture_output=True, text=True, timeout=1500)
+    assert ticks.returncode == 0, ticks.stderr[-4000:]
+    summary = json.loads(ticks.stdout.strip().splitlines()[-1])
+    assert summary["default_status"] == {"new_videos_sensor": "RUNNING",
+                                         "default_automation_condition_sensor": "RUNNING"}
+    runs = summary["runs"]
+    assert summary["settled"], runs
+    assert all(r["success"] for r in runs), runs
+    (ingest,) = [r for r in runs if r["assets"] == ["ingested_batch"]]
+    assert ingest["sensor"] == "new_videos_sensor" and ingest["tick"] == 0
+    batch = ingest["partition"]
+    automated = [r for r in runs if r["sensor"] == "default_automation_condition_sensor"]
+    assert len(automated) == len(runs) - 1, runs
+    variants = sorted(load_config("tiny").variants)
+    steps = [(r["tick"], r["assets"][0], r["partition"]) for r in automated]
+    # The batch's scores and the videos table (both read the batch), then the clips table with its checks, then
+    # every variant's curated dataset once the blocking checks passed.
+    assert {s[1:] for s in steps[:2]} == {("videos", None), ("clip_scores", batch)} and steps[0][0] >= 1, runs
+    assert steps[2][1:] == ("clips", None), runs
+    assert {s[1:] for s in steps[3:]} == {("curated_dataset", v) for v in variants}, runs
+    assert len(steps) == 3 + len(variants) and all(s[0] > steps[2][0] for s in steps[3:]), runs
+    clip_checks = automated[2]["checks"]
+    assert clip_checks and all(clip_checks.values()), clip_checks
+
+    # What the runs wrote: the batch's two videos accepted, every variant's curated dataset in the data root.
+    root = tmp_path / "project" / "data"
+    table = pd.read_parquet(root / "metadata" / "videos.parquet")
+    assert (table["status"] == "accepted").sum() == 2
+    for v in variants:
+        assert (root / "curated" / v).is_dir()

@@ -35,9 +35,35 @@ def test_runs_are_named_by_stage_and_nest_under_their_dagster_run(tmp_path):
     assert runs["compare"].data.tags["mlflow.parentRunId"] == runs["pipeline r-2"].info.run_id
     assert runs["compare"].data.tags["dagster.run_id"] == "r-2"
 
-    assert tracking.run_url(cfg, "1", "abc") is None  # a SQLite store has no web address
-    served = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": "http://mlf:5000/"})})
-    assert tracking.run_url(served, "1", "abc") == "http://mlf:5000/#/experiments/1/runs/abc"
+    assert tracking.run_url(cfg, "abc", "1") is None  # a SQLite store has no web address
+
+
+def test_a_run_url_points_at_the_tracking_server_or_the_configured_ui(tmp_path):
+    sqlite = f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"
+    cfg = load_config("tiny", str(tmp_path / "root"), [sqlite], environ={})
+    served = load_config("tiny", str(tmp_path / "root"), ["mlflow.tracking_uri=https://mlf:5000/"], environ={})
+    assert tracking.run_url(served, "abc", "1") == "https://mlf:5000/#/experiments/1/runs/abc"
+    # A server reached inside a cluster by one name and from a browser by another: the UI's address wins.
+    inside = load_config("tiny", str(tmp_path / "root"), ["mlflow.tracking_uri=http://mlflow.svc:5000",
+                                                          "mlflow.ui_url=https://mlflow.example.org/"], environ={})
+    assert tracking.run_url(inside, "abc", "7") == "https://mlflow.example.org/#/experiments/7/runs/abc"
+    # Without the experiment the run is looked up for it.
+    with_ui = load_config("tiny", str(tmp_path / "root"), [sqlite, "mlflow.ui_url=http://ui:5000"], environ={})
+    with tracking.start_run(with_ui, "x", {"stage": "compare"}) as run:
+        pass
+    assert tracking.run_url(with_ui, run.info.run_id) == (
+        f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    assert tracking.run_url(cfg, run.info.run_id) is None
+
+
+def test_headline_metrics_are_stored_first_so_that_mlflow_compare_plots_one_by_default(tmp_path):
+    cfg = load_config("tiny", str(tmp_path / "root"), [f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], environ={})
+    metrics = {"n_val_clips": 4.0, "se/val_loss": 0.1, "temporal_consistency": 0.9, "fd_tiny": 3.0, "val_loss": 0.5,
+               "n_videos": 2.0}
+    with tracking.start_run(cfg, "eval", {"stage": "eval", "curation_variant": "svd"}) as run:
+        tracking.log_metrics(metrics)
+    stored = list(mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(run.info.run_id).data.metrics)
+    assert stored == ["val_loss", "fd_tiny", "temporal_consistency", "n_val_clips", "se/val_loss", "n_videos"]
 
 
 def test_a_continued_run_keeps_its_params_when_launch_settings_change(tmp_path):

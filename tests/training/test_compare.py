@@ -6,6 +6,7 @@ import time
 
 import mlflow
 import pytest
+from PIL import Image
 
 from svdpipe.config import MlflowConfig, SvdpipeConfig
 from svdpipe.tracking import start_run
@@ -56,6 +57,7 @@ def test_newest_eval_run_per_variant_on_one_eval_set(cfg, runs, tmp_path):
     assert "evaluation set E1" in c.markdown
     assert all(" E1 " in line for line in c.markdown.splitlines() if line.startswith(("| svd", "| uncurated")))
     assert c.png.exists() and c.png.read_bytes()[:4] == b"\x89PNG"
+    assert Image.open(c.png).size[0] <= 960  # fits the Dagster metadata dialog unscaled
 
 
 def test_a_static_sample_never_wins_temporal_consistency(cfg, runs, tmp_path):
