@@ -56,7 +56,8 @@ def latest_step(root, stage: int = 1) -> int:
 
 
 def wait_for_checkpoint(root, step: int, procs: list[subprocess.Popen], log: Path, timeout: float = 600) -> None:
-    """Until ``latest`` names ``step`` or later (the poll may wake after a later one was written)."""
+    """Until ``latest`` names ``step`` or later (the poll may wake after a later one was written). Tests kill at
+    the first checkpoint: the steps still to run are their margin against a run that finishes before the kill."""
     deadline = time.time() + timeout
     while latest_step(root) < step:
         assert all(p.poll() is None for p in procs), log.read_text()[-3000:]

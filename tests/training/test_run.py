@@ -31,14 +31,14 @@ def test_killed_stage_resumes_and_matches_uninterrupted_run(curated_copy, tmp_pa
     _wait(_start(curated_copy, tmp_path, "whole"), "whole")
 
     proc = _start(other, tmp_path, "killed")
-    wait_for_checkpoint(other, 4, [proc], tmp_path / "killed.log")
+    wait_for_checkpoint(other, 2, [proc], tmp_path / "killed.log")
     kill(proc)
     info_key = other / "models/uncurated/stage1/svdpipe_model.json"
     assert not info_key.exists()  # killed before the end: no model yet
 
     _wait(_start(other, tmp_path, "killed"), "killed")
     info = json.loads(info_key.read_text())
-    assert info["resumed_from"] >= 4 and info["steps"] == STEPS
+    assert info["resumed_from"] >= 2 and info["steps"] == STEPS
     assert_same_losses(losses(f"sqlite:///{tmp_path}/whole.db"), losses(f"sqlite:///{tmp_path}/killed.db"), STEPS)
     # Only the newest checkpoints are kept.
     assert len(list((other / "checkpoints/uncurated/stage1").glob("step*"))) == 2
