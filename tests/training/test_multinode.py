@@ -23,7 +23,9 @@ from svdpipe.storage import LocalStorage, open_storage
 from training.checkpoints import for_stage
 from training.latents import build_latents
 
-STEPS = 8
+# A tiny step takes a fraction of a second: enough steps after the first checkpoint that the kill, which waits for
+# that checkpoint to show on S3, always lands before the run ends.
+STEPS = 24
 SETTINGS = [f"training.stages.1.steps={STEPS}", "training.checkpoint_every=2", "training.keep_checkpoints=2"]
 CKPT = f"checkpoints/{VARIANT}/stage1"
 
