@@ -261,3 +261,25 @@ def trained(tmp_path_factory, curated_root):
     train = cli("train", "--data-root", str(root), *train_args())
     evaluate = cli("evaluate", "--data-root", str(root), *train_args())
     return cli, root, train, evaluate
+
+
+@pytest.fixture
+def watched_resources(corpus, tmp_path):
+    """``make(*overrides)``: the Dagster resources of a data root under ``tmp_path`` whose ``ingest.watch`` folder
+    holds one corpus video, with MLflow in ``tmp_path/m.db`` (plus ``overrides``)."""
+    import shutil
+
+    from assets.resources import MlflowResource, SvdpipeResource
+
+    folder, truth = corpus
+    src = tmp_path / "src"
+    src.mkdir()
+    name = sorted(truth["videos"])[0]
+    shutil.copy(folder / name, src / name)
+
+    def make(*overrides: str) -> dict:
+        res = SvdpipeResource(profile="tiny", data_root=str(tmp_path / "root"), overrides=[
+            f"ingest.watch={src}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", *overrides])
+        return {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+
+    return make

@@ -1,29 +1,20 @@
 """The MLflow run of a materialization, as the Dagster UI shows it: a link to the run's page where MLflow has a
 web UI (a tracking server, or ``mlflow.ui_url``), its id where it has none (a SQLite store)."""
 
-import shutil
-
 import dagster as dg
 import mlflow
 
 from assets.ingestion import ingested_batch
-from assets.resources import MlflowResource, SvdpipeResource, mlflow_run
+from assets.resources import SvdpipeResource, mlflow_run
 from orchestration.definitions import defs
 from orchestration.sensors import new_videos_sensor
 from svdpipe import tracking
 from training.stage_report import materialization_metadata
 
 
-def test_an_ingested_batch_links_its_mlflow_run_in_the_configured_ui(corpus, tmp_path):
-    folder, truth = corpus
-    src = tmp_path / "src"
-    src.mkdir()
-    name = sorted(truth["videos"])[0]
-    shutil.copy(folder / name, src / name)
-    res = SvdpipeResource(profile="tiny", data_root=str(tmp_path / "root"),
-                          overrides=[f"ingest.watch={src}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
-                                     "mlflow.ui_url=http://mlflow.example:5000"])
-    resources = {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+def test_an_ingested_batch_links_its_mlflow_run_in_the_configured_ui(watched_resources, tmp_path):
+    resources = watched_resources("mlflow.ui_url=http://mlflow.example:5000")
+    res = resources["svdpipe"]
     with dg.instance_for_test() as instance:
         with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as ctx:
             batch = new_videos_sensor(ctx).run_requests[0].partition_key

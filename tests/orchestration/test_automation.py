@@ -1,7 +1,6 @@
 """Declarative automation and the retraining schedule, evaluated against a real Dagster instance."""
 
 import json
-import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -12,21 +11,13 @@ import pandas as pd
 
 from assets.ingestion import ingested_batch, videos
 from orchestration.definitions import defs
-from assets.resources import MlflowResource, SvdpipeResource
 from orchestration.schedules import retrain_finetune, retrain_schedule
 from orchestration.sensors import new_videos_sensor
 from svdpipe.config import load_config
 
 
-def test_a_new_ingested_batch_flows_into_curation_but_not_into_training(corpus, tmp_path):
-    folder, truth = corpus
-    src = tmp_path / "src"
-    src.mkdir()
-    name = sorted(truth["videos"])[0]
-    shutil.copy(folder / name, src / name)
-    res = SvdpipeResource(profile="tiny", data_root=str(tmp_path / "root"),
-                          overrides=[f"ingest.watch={src}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"])
-    resources = {"svdpipe": res, "mlflow": MlflowResource(svdpipe=res)}
+def test_a_new_ingested_batch_flows_into_curation_but_not_into_training(watched_resources):
+    resources = watched_resources()
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as ctx:
