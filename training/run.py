@@ -47,7 +47,8 @@ def stage_fingerprint(cfg: SvdpipeConfig, variant: str, stage: int, dataset_vers
     Gradient checkpointing and the latent store's layout change memory and speed, not results, so switching them
     never retrains a stage."""
     t = cfg.training
-    shared = t.model_dump(mode="json", exclude={"stages", "checkpoint_every", "keep_checkpoints", "latent_store", *LAUNCH_FIELDS})
+    shared = t.model_dump(mode="json", exclude={
+        "stages", "checkpoint_every", "keep_checkpoints", "latent_store", *LAUNCH_FIELDS})
     text = json.dumps(
         [variant, stage, dataset_version,
          t.stages[str(stage)].model_dump(mode="json", exclude={"grad_checkpointing"}), shared, cfg.seed,
