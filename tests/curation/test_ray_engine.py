@@ -70,10 +70,16 @@ def assert_same_clips(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert got["clip_id"].is_unique, "duplicate rows"
     got, want = (f.sort_values("clip_id").reset_index(drop=True) for f in (got, want))
     assert got["clip_id"].tolist() == want["clip_id"].tolist()
-    exact = [c for c in want.columns if c not in NETWORK + ["text_area_per_frame"]]
+    vectors = ["text_area_per_frame", "image_embedding"]  # per-frame scores and CLIP embeddings: network outputs
+    exact = [c for c in want.columns if c not in NETWORK + vectors]
     as_tuples = lambda f: f.map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)  # noqa: E731
     pd.testing.assert_frame_equal(as_tuples(got[exact]), as_tuples(want[exact]))
     np.testing.assert_allclose(got[NETWORK].to_numpy(float), want[NETWORK].to_numpy(float), atol=1e-5)
+    for column in vectors:
+        for g, w in zip(got[column], want[column], strict=True):
+            assert (g is None) == (w is None), column
+            if w is not None:
+                np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), atol=1e-5, err_msg=column)
     assert (want["error"] == "").sum() >= 4  # most clips really scored: the comparison is not of empty rows
 
 

@@ -55,10 +55,20 @@ def latest_step(root, stage: int = 1) -> int:
     return tag_step(tag) if tag else -1
 
 
-def wait_for_checkpoint(root, step: int, procs: list[subprocess.Popen], log: Path, timeout: float = 600) -> None:
-    """Until ``latest`` names ``step`` or later (the poll may wake after a later one was written). Tests kill at
-    the first checkpoint: the steps still to run are their margin against a run that finishes before the kill."""
+# The request that writes a checkpoint's ``latest`` pointer (an S3 PUT; s3_gate.S3Gate closes after it).
+LATEST_WRITTEN = rb"PUT [^ ]*/latest[ ?]"
+
+
+def wait_for_checkpoint(root, step: int, procs: list[subprocess.Popen], log: Path, timeout: float = 600,
+                        gate=None) -> None:
+    """Until ``latest`` names ``step`` or later (the poll may wake after a later one was written). With an S3
+    ``gate`` (the run's endpoint) it first waits for the gate to close after the first ``latest``: the run is held
+    there, so a kill after this always lands before the run's end. Without one, tests kill at the first checkpoint
+    and the steps still to run are their margin against a run that finishes before the kill."""
     deadline = time.time() + timeout
+    while gate is not None and not gate.closed.wait(0.2):
+        assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint was written"
     while latest_step(root) < step:
         assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
         assert time.time() < deadline, f"no step-{step} checkpoint appeared"

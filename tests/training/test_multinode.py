@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from s3_gate import S3Gate
 from stage_process import (
-    VARIANT, assert_same_losses, kill, latest_step, losses, stage_args, start, wait, wait_for_checkpoint,
+    LATEST_WRITTEN, VARIANT, assert_same_losses, kill, latest_step, losses, stage_args, start, wait,
+    wait_for_checkpoint,
 )
 from svdpipe.config import load_config
 from svdpipe.storage import LocalStorage, open_storage
 from training.checkpoints import for_stage
 from training.latents import build_latents
 
-# A tiny step takes a fraction of a second: enough steps after the first checkpoint that the kill, which waits for
-# that checkpoint to show on S3, always lands before the run ends.
-STEPS = 24
+STEPS = 8
 SETTINGS = [f"training.stages.1.steps={STEPS}", "training.checkpoint_every=2", "training.keep_checkpoints=2"]
 CKPT = f"checkpoints/{VARIANT}/stage1"
 
@@ -68,15 +68,16 @@ def test_s3_root_killed_resumes_from_its_own_checkpoints(s3, bucket, with_latent
     folder = tmp_path / "work"
     folder.mkdir()
 
-    def launch(root, name):
-        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db"}
+    def launch(root, name, s3_endpoint=s3.endpoint):
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "AWS_ENDPOINT_URL": s3_endpoint}
         return start(["-m", "training.run", *stage_args(root, SETTINGS), "--no-progress"], tmp_path / f"{name}.log",
                      env=env, cwd=folder)
 
     wait(launch(first, "first"), tmp_path / "first.log")
-    proc = launch(second, "second")
-    wait_for_checkpoint(second, 2, [proc], tmp_path / "second.log")
-    kill(proc)
+    with S3Gate(s3.endpoint, LATEST_WRITTEN) as gate:
+        proc = launch(second, "second", gate.url)
+        wait_for_checkpoint(second, 2, [proc], tmp_path / "second.log", gate=gate)
+        kill(proc)
     assert not open_storage(second).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
     wait(launch(second, "second"), tmp_path / "second.log")
 
@@ -97,10 +98,11 @@ def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with
     for node in nodes:
         (node / "home").mkdir(parents=True)
 
-    def launch_nodes(root, name):
+    def launch_nodes(root, name, s3_endpoint=s3.endpoint):
         endpoint = f"127.0.0.1:{_free_port()}"
         settings = [*SETTINGS, "training.nnodes=2", f"training.rdzv_endpoint={endpoint}"]
-        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "OMP_NUM_THREADS": "1"}
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "OMP_NUM_THREADS": "1",
+               "AWS_ENDPOINT_URL": s3_endpoint}
         return [start(["-m", "training.launch", *stage_args(root, settings)], tmp_path / f"{name}-{node.name}.log",
                       env={**env, "SVDPIPE_HOME": str(node / "home")}, cwd=node) for node in nodes]
 
@@ -116,15 +118,16 @@ def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
     assert set().union(*cache_files) == root_files and all(files < root_files for files in cache_files)
 
-    procs = launch_nodes(killed, "killed")
-    wait_for_checkpoint(killed, 2, procs, tmp_path / "killed-node1.log")
-    kill(procs[1])
-    try:  # its peer gone, node 0 fails at its next collective; a cluster restarts the whole job either way
-        procs[0].wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        pass
-    kill(procs[0])
-    assert latest_step(killed) < STEPS
+    with S3Gate(s3.endpoint, LATEST_WRITTEN) as gate:  # the run stalls after its first checkpoint until killed
+        procs = launch_nodes(killed, "killed", gate.url)
+        wait_for_checkpoint(killed, 2, procs, tmp_path / "killed-node1.log", gate=gate)
+        kill(procs[1])
+        try:  # its peer gone, node 0 fails at its next collective; a cluster restarts the whole job either way
+            procs[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        kill(procs[0])
+    assert 2 <= latest_step(killed) < STEPS
     wait_nodes(launch_nodes(killed, "killed"), "killed")
 
     info = json.loads(open_storage(killed).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
