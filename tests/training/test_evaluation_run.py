@@ -19,6 +19,8 @@ from training.evaluation_run import evaluate_base
 
 from tests.conftest import TRAIN_SETTINGS
 
+# Run alone, this test builds the session's `trained` root (both variants, all stages): its setup counts.
+pytestmark = pytest.mark.timeout(1800)
 # A short test of the trained models (the figures are not compared here): two sigmas, two videos of two steps.
 QUICK = ["evaluation.val_sigmas=[0.5, 2.0]", "evaluation.max_videos=2", "evaluation.sample_steps=2"]
 
