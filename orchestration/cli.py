@@ -279,23 +279,34 @@ def train(ctx, variants, stage, data_root, profile, overrides, params_file):
 
 @main.command()
 @click.option("--variant", "variants", multiple=True, metavar="NAME",
-              help="Variant(s) whose Stage III model to evaluate (repeatable). Default: every configured variant.")
+              help="Variant(s) whose model to evaluate (repeatable). Default: every configured variant.")
+@click.option("--stage", type=click.Choice(["2", "3"]), default="3", show_default=True,
+              help="3: the Stage III image-to-video models (asset evaluation, with the registration rule); 2: the "
+              "Stage II text-to-video base models from their evaluation clips' captions, as the paper compares "
+              "curation variants (asset base_evaluation; never registered).")
 @click.option("--compare/--no-compare", default=True, show_default=True,
-              help="Then compare the newest evaluation of every variant (table, plot, MLflow run).")
+              help="Then compare the newest evaluation of every variant, per evaluated stage (tables, plots, one "
+              "MLflow run).")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Also write each variant's metrics to this JSON file ({variant: {metric: value}}; for DVC).")
 @common_options
 @click.pass_context
-def evaluate(ctx, variants, compare, metrics_out, data_root, profile, overrides, params_file):
-    """Evaluate Stage III models on held-out clips, apply the registration rule, and compare the variants."""
+def evaluate(ctx, variants, stage, compare, metrics_out, data_root, profile, overrides, params_file):
+    """Evaluate Stage III models (or, with --stage 2, the Stage II base models) on held-out clips, apply the
+    registration rule (Stage III), and compare the variants.
+
+    A model already evaluated on the same evaluation set is not evaluated again (its MLflow run is reused). The
+    comparison shows every evaluated stage: Stage III first, then the Stage II base models if any were evaluated.
+    """
     _store(ctx, data_root, profile, overrides, params_file)
     cfg = ctx.obj["config"]
     resources = _resources(ctx)
     instance = _instance()
     collected = {}
+    asset = {"2": "base_evaluation", "3": "evaluation"}[stage]
     for variant in _variants(cfg, variants):
-        result = _run("evaluate", ["evaluation"], resources, instance, partition_key=variant)
-        meta = _materialization(result, "evaluation")
+        result = _run("evaluate", [asset], resources, instance, partition_key=variant)
+        meta = _materialization(result, asset)
         collected[variant] = dict(meta["metrics"].value)
         shown = {k: meta[k].value for k in ("val_loss", "motion_fidelity", "temporal_consistency") if k in meta}
         click.echo(f"  {variant:>12}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) +

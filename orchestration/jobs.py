@@ -1,7 +1,8 @@
 """Named jobs: what a run in the Dagster UI's run list and timeline says it did.
 
 The CLI runs these same jobs (``svdpipe ingest`` runs ``ingest``, ``svdpipe curate`` runs ``score`` and
-``curate``, ``svdpipe train`` runs ``train_variant``, ``svdpipe evaluate`` runs ``evaluate``); a job holds assets
+``curate``, ``svdpipe train`` runs ``train_variant``, ``svdpipe evaluate`` runs ``evaluate``: ``evaluation``, or
+``base_evaluation`` with ``--stage 2``, then ``variant_comparison``); a job holds assets
 of one partitioning (plus unpartitioned ones), so a command may run one job for several partitions.
 ``train_variant`` and ``retrain_finetune`` carry the training run tag, so that the run queue of
 infra/dagster.postgres.yaml runs one training at a time. ``retrain_finetune`` is what the schedule starts:
@@ -45,9 +46,10 @@ train_variant = dg.define_asset_job(
 
 evaluate = dg.define_asset_job(
     "evaluate",
-    selection=dg.AssetSelection.assets("evaluation", "variant_comparison"),
+    selection=dg.AssetSelection.assets("evaluation", "base_evaluation", "variant_comparison"),
     partitions_def=variants,
-    description="Evaluate one variant's Stage III model (registration rule); compare the variants.",
+    description="Evaluate one variant's Stage III model (registration rule) and its Stage II base model (from "
+    "text prompts); compare the variants per stage.",
 )
 
 retrain_finetune = dg.define_asset_job(

@@ -96,12 +96,15 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def display_name(tags: dict[str, str], fallback: str) -> str:
-    """``<stage> <variant>`` (or ``<stage> <partition>``, or ``<stage>``), the same for every stage."""
+    """``<stage> <variant>`` (or ``<stage> <partition>``, or ``<stage>``), the same for every stage; an evaluation
+    of a model other than Stage III's (a Stage II base model) adds ``stage<N>``: ``eval svd stage2``."""
     stage = tags.get("stage")
     if not stage:
         return fallback
     subject = tags.get("curation_variant") or tags.get("dagster.partition") or ""
-    return f"{STAGE_NAMES.get(stage, stage)} {subject}".strip()
+    evaluated = tags.get("evaluated_stage") if stage == "eval" else None
+    suffix = f" stage{evaluated}" if evaluated and evaluated != "3" else ""
+    return f"{STAGE_NAMES.get(stage, stage)} {subject}".strip() + suffix
 
 
 def set_pipeline_run(dagster_run_id: str | None) -> None:

@@ -1,7 +1,9 @@
-"""Comparison of curation variants: evaluations on the same evaluation set, side by side.
+"""Comparison of curation variants: evaluations on the same evaluation set, side by side, per evaluated stage.
 
-Reads the MLflow tracking store (runs tagged ``stage=eval`` by ``training.evaluate.log_evaluation``), keeps only
-runs of one ``eval_set`` (the newest run's unless asked for another: figures measured on other clips, seeds or
+Reads the MLflow tracking store (runs tagged ``stage=eval`` by ``training.evaluate.log_evaluation``), keeps the
+runs of one evaluated stage (tag ``evaluated_stage``: the Stage III models, or the Stage II base models the paper
+compares curation variants on; ``compare_stages`` gives one comparison per stage), of those only runs of one
+``eval_set`` (the newest run's unless asked for another: figures measured on other clips, seeds or
 sigmas do not compare), the newest of those per ``curation_variant`` (by start time, then end time), and renders
 a table (pandas, markdown: value ± standard error, the best per metric starred) and a bar chart (one panel per
 metric, one bar per variant with its standard error and sample count; an axis that starts near the figures when
@@ -22,11 +24,16 @@ from svdpipe.config import SvdpipeConfig
 from svdpipe.tracking import HEADLINE_METRICS, headline_rank
 from training.metrics.directions import COUNT, SE, better, is_uncertainty, rank_blocker
 
-__all__ = ["Comparison", "axis_range", "best_variants", "better_direction", "compare_variants", "log_comparison"]
+__all__ = ["EVALUATED_STAGES", "Comparison", "axis_range", "best_variants", "better_direction", "compare_stages",
+           "compare_variants", "log_comparison", "stage_prefix"]
 
 ID_COLUMNS = ["variant", "dataset_version", "run_id", "evaluated_stage", "model_run_id", "eval_set", "held_out",
               "start_time"]
 CLOSE = 0.5  # figures whose spread is under this share of their size get an axis that does not start at zero
+# The stages compared, in the order shown: the finetuned (released) models, then the base models.
+EVALUATED_STAGES = (3, 2)
+STAGE_TITLES = {3: "Stage III models (image-to-video finetune)",
+                2: "Stage II base models (text-to-video, sampled from the evaluation clips' captions)"}
 
 
 def better_direction(metric: str) -> str | None:
@@ -48,6 +55,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     eval_set: str = ""
     best: dict[str, str] = field(default_factory=dict)  # metric -> variant
+    stage: int = 3  # the evaluated stage (tag evaluated_stage) every row is of
 
 
 def axis_range(values: list[float], errors: list[float]) -> tuple[float, float, bool]:
@@ -94,8 +102,12 @@ def _cell(row: pd.Series, m: str, best: dict[str, str], static_ratio: float) -> 
     return text + (" (static)" if blocker and blocker.startswith("static") else "")
 
 
+def _title(stage: int) -> str:
+    return STAGE_TITLES.get(stage, f"Stage {stage} models")
+
+
 def _markdown(table: pd.DataFrame, metrics: list[str], best: dict[str, str], static_ratio: float,
-              eval_set: str) -> str:
+              eval_set: str, stage: int) -> str:
     arrows = {"lower": "↓", "higher": "↑", None: "#"}
     rows = []
     for _, r in table.iterrows():
@@ -103,14 +115,14 @@ def _markdown(table: pd.DataFrame, metrics: list[str], best: dict[str, str], sta
                      *[_cell(r, m, best, static_ratio) for m in metrics]])
     shown = pd.DataFrame(rows, columns=["variant", "eval_set", "dataset_version", "run",
                                         *[f"{m} ({arrows[better(m)]})" for m in metrics]])
-    head = f"Every variant on evaluation set {eval_set} (the same clips, seeds and sigmas).\n\n"
+    head = f"### {_title(stage)}\n\nEvery variant on evaluation set {eval_set} (the same clips, seeds and sigmas).\n\n"
     legend = ("↓ lower is better, ↑ higher is better, # count or context; ± standard error; * best; (static): the "
               "samples barely move, so their temporal consistency cannot win. Newest evaluation run per curation "
               "variant on one evaluation set.")
     return head + shown.to_markdown(index=False) + "\n\n" + legend + "\n"
 
 
-def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) -> Path:
+def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str, stage: int) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +158,8 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
         ax.set_title(f"{metric}\n({d} is better{axis})" if d else f"{metric}\n(count or context{axis})", fontsize=8)
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
-    fig.suptitle(f"Curation variants on evaluation set {eval_set} (error bars: ± standard error)", fontsize=9)
+    fig.suptitle(f"Stage {'I' * stage}: curation variants on evaluation set {eval_set} (error bars: ± standard error)",
+                 fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -154,12 +167,15 @@ def _plot(table: pd.DataFrame, metrics: list[str], path: Path, eval_set: str) ->
 
 
 def compare_variants(
-    cfg: SvdpipeConfig, experiment: str | None = None, out_dir: str | Path | None = None, eval_set: str | None = None
+    cfg: SvdpipeConfig, experiment: str | None = None, out_dir: str | Path | None = None, eval_set: str | None = None,
+    stage: int = 3,
 ) -> Comparison:
-    """Newest ``stage=eval`` run per ``curation_variant`` on one evaluation set (module docstring).
+    """Newest ``stage=eval`` run of ``stage``'s models per ``curation_variant`` on one evaluation set (module
+    docstring).
 
     ``eval_set``: which one (default: the newest evaluation run's). The PNG goes to ``out_dir`` (a new temporary
-    folder if None); with no evaluation runs the table is empty and there is no PNG.
+    folder if None; ``comparison.png`` for Stage III, ``comparison_stage<N>.png`` for another); with no evaluation
+    runs the table is empty and there is no PNG.
     """
     import mlflow
 
@@ -170,11 +186,14 @@ def compare_variants(
     name = experiment or cfg.mlflow.experiment
     exp = client.get_experiment_by_name(name)
     runs = pd.DataFrame() if exp is None else mlflow.search_runs(
-        experiment_ids=[exp.experiment_id], filter_string="tags.stage = 'eval'", max_results=50_000
+        experiment_ids=[exp.experiment_id], max_results=50_000,
+        filter_string=f"tags.stage = 'eval' and tags.evaluated_stage = '{stage}'",
     )
-    empty = Comparison(pd.DataFrame(columns=ID_COLUMNS), [], "_no evaluation runs_\n", None)
+    empty = Comparison(pd.DataFrame(columns=ID_COLUMNS), [], f"_no evaluation runs of Stage {stage} models_\n", None,
+                       stage=stage)
+    none = f"no stage=eval runs of Stage {stage} models (tag evaluated_stage={stage}) in experiment {name!r}"
     if runs.empty:
-        empty.notes.append(f"no stage=eval runs in experiment {name!r}")
+        empty.notes.append(none)
         return empty
     for t in ("curation_variant", "eval_set"):
         if f"tags.{t}" not in runs:
@@ -187,7 +206,7 @@ def compare_variants(
         notes.append(f"{int(untagged.sum())} evaluation run(s) without an eval_set tag left out (evaluate again)")
     runs = runs[~untagged]
     if runs.empty:
-        empty.notes.extend(notes or [f"no stage=eval runs in experiment {name!r}"])
+        empty.notes.extend(notes or [none])
         return empty
     chosen = eval_set or runs["tags.eval_set"].iloc[0]
     same = runs[runs["tags.eval_set"] == chosen]
@@ -214,33 +233,54 @@ def compare_variants(
         "eval_set": tag("eval_set"), "held_out": tag("held_out"), "start_time": newest["start_time"],
         **{m: newest[f"metrics.{m}"] for m in metrics + spreads},
     }).reset_index(drop=True)
-    stages = set(table["evaluated_stage"].dropna())
-    if len(stages) > 1:
-        notes.append(f"variants were evaluated at different stages {sorted(stages)}: not comparable")
     trained_on = table.loc[table["held_out"].fillna("true") != "true", "variant"].tolist()
     if trained_on:
         notes.append(f"evaluated on clips the model trained on (not a fair figure): {', '.join(trained_on)}")
     ratio = cfg.evaluation.static_motion_ratio
     best = best_variants(table, metrics, ratio)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svdpipe-compare-"))
-    png = _plot(table, metrics, out / "comparison.png", chosen) if metrics else None
-    return Comparison(table, metrics, _markdown(table, metrics, best, ratio, chosen), png, notes, chosen, best)
+    png_name = "comparison.png" if stage == EVALUATED_STAGES[0] else f"comparison_stage{stage}.png"
+    png = _plot(table, metrics, out / png_name, chosen, stage) if metrics else None
+    return Comparison(table, metrics, _markdown(table, metrics, best, ratio, chosen, stage), png, notes, chosen, best,
+                      stage)
 
 
-def log_comparison(comparison: Comparison, cfg: SvdpipeConfig) -> str:
-    """An MLflow run (tag stage=compare) with comparison.csv/.md/.png as artifacts; returns its run id."""
+def compare_stages(cfg: SvdpipeConfig, experiment: str | None = None,
+                   out_dir: str | Path | None = None) -> list[Comparison]:
+    """``compare_variants`` of each of ``EVALUATED_STAGES`` that has evaluation runs, in that order (Stage III,
+    then the Stage II base models); each stage on its own newest evaluation set."""
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="svdpipe-compare-"))
+    found = [compare_variants(cfg, experiment, out, stage=s) for s in EVALUATED_STAGES]
+    return [c for c in found if not c.table.empty]
+
+
+def stage_prefix(stage: int) -> str:
+    """How a stage's figures are named beside the headline stage's: "" for Stage III, ``stage<N>.`` else."""
+    return "" if stage == EVALUATED_STAGES[0] else f"stage{stage}."
+
+
+def log_comparison(comparisons: Comparison | list[Comparison], cfg: SvdpipeConfig) -> str:
+    """One MLflow run (tag stage=compare) of one or more stages' comparisons: comparison.csv (every row, with its
+    ``evaluated_stage``), comparison.md (a section per stage) and each stage's PNG as artifacts; tags
+    ``eval_set`` and ``best.<metric>`` of Stage III, ``stage<N>.eval_set`` and ``stage<N>.best.<metric>`` of
+    another stage. Returns the run id."""
     import mlflow
 
     from svdpipe.tracking import start_run
 
-    variants = ",".join(comparison.table["variant"].astype(str))
-    tags = {"stage": "compare", "variants": variants[:4000], "eval_set": comparison.eval_set,
-            "compared_runs": ",".join(comparison.table["run_id"].astype(str))[:4000],
-            **{f"best.{m}": v for m, v in comparison.best.items()}}
+    parts = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)
+    table = pd.concat([c.table for c in parts], ignore_index=True)
+    variants = ",".join(dict.fromkeys(table["variant"].astype(str)))
+    tags = {"stage": "compare", "variants": variants[:4000],
+            "compared_runs": ",".join(table["run_id"].astype(str))[:4000]}
+    for c in parts:
+        pre = stage_prefix(c.stage)
+        tags.update({f"{pre}eval_set": c.eval_set, **{f"{pre}best.{m}": v for m, v in c.best.items()}})
     with start_run(cfg, "compare-variants", tags) as run:
-        mlflow.log_text(comparison.table.to_csv(index=False), "comparison.csv")
-        mlflow.log_text(comparison.markdown + "\n" + "\n".join(f"- {n}" for n in comparison.notes) + "\n",
+        mlflow.log_text(table.to_csv(index=False), "comparison.csv")
+        mlflow.log_text("\n".join(c.markdown + "\n" + "".join(f"- {n}\n" for n in c.notes) for c in parts),
                         "comparison.md")
-        if comparison.png is not None:
-            mlflow.log_artifact(str(comparison.png))
+        for c in parts:
+            if c.png is not None:
+                mlflow.log_artifact(str(c.png))
         return run.info.run_id

@@ -168,16 +168,29 @@ def load_eval_data(root: Storage, variant: str, stage_cfg, trained_on: Collectio
     return EvalData(data, full.index.get("fingerprint", {}), held_out, notes)
 
 
-def validation_metrics(unet, data: LatentSet, cfg: SvdpipeConfig, device: str, batch_size: int = 4) -> dict:
-    """val_loss (with its standard error over clips) and val_loss/sigma_<s> at the fixed sigmas and seeds."""
+def validation_metrics(unet, data: LatentSet, cfg: SvdpipeConfig, device: str, batch_size: int = 4,
+                       conditioning: str = "image") -> dict:
+    """val_loss (with its standard error over clips) and val_loss/sigma_<s> at the fixed sigmas and seeds.
+
+    ``conditioning``: the stage's (``training.stages.N.conditioning``): ``image`` scores the image-to-video
+    objective on the first augmented conditioning latent, ``text`` the text-to-video one on the clips' captions."""
     from training.edm import LogNormalSigma
     from training.metrics.validation_loss import objective_loss_fn, validation_loss
-    from training.objectives import VideoObjective
+    from training.objectives import TextVideoObjective, VideoObjective
 
-    keys = ("latents", "z_cond_aug", "sigma_aug", "image_embeds", "fps", "motion_bucket")
+    if conditioning == "text":
+        objective, keys = TextVideoObjective(LogNormalSigma(), p_drop=0.0), ("latents", "context", "fps",
+                                                                             "motion_bucket")
+    else:
+        objective = VideoObjective(sigma_dist=LogNormalSigma(), p_drop=0.0)
+        keys = ("latents", "z_cond_aug", "sigma_aug", "image_embeds", "fps", "motion_bucket")
     t, n = data.tensors, len(data)
-    batches = [{k: t[k][i:i + batch_size].to(device) for k in keys} for i in range(0, n, batch_size)]
-    objective = VideoObjective(sigma_dist=LogNormalSigma(), p_drop=0.0)
+    batches = []
+    for i in range(0, n, batch_size):
+        batch = {k: t[k][i:i + batch_size].to(device) for k in keys}
+        if conditioning == "text":  # one empty-caption context in the store, one per sample in a batch
+            batch["null_context"] = t["null_context"].expand(len(batch["latents"]), -1, -1).to(device)
+        batches.append(batch)
     r = validation_loss(objective_loss_fn(objective, unet), batches, cfg.evaluation.val_sigmas, seed=cfg.seed)
     out: dict[str, float] = {"n_val_clips": float(n)}
     _put(out, "val_loss", r["per_sample"])

@@ -1,14 +1,18 @@
 """One variant's evaluation step, end to end: evaluate (unless this model was already evaluated on this test),
-log to MLflow, apply the registration rule. The Dagster asset calls ``evaluate_variant`` and shows the outcome.
+log to MLflow, and for Stage III apply the registration rule. The Dagster assets call ``evaluate_variant``
+(Stage III, ``evaluation``) and ``evaluate_base`` (the Stage II base model from text prompts, ``base_evaluation``:
+the paper compares curation variants on these) and show the outcome.
 
 An evaluation is identified by the model (the DVC hash of its folder) and the test (``eval_set``, see
-``training.eval_set.protocol_fingerprint``); a finished MLflow run with both tags is reused, not run again.
+``training.eval_set.protocol_fingerprint``); a finished MLflow run with both tags is reused, not run again. Both
+steps share that and the MLflow run (``training.evaluate.log_evaluation``: tags stage=eval, evaluated_stage,
+curation_variant, eval_set, model_hash, dvc.model, dvc.latents); only Stage III's model is registered.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from svdpipe.config import SvdpipeConfig
@@ -16,7 +20,7 @@ from svdpipe.storage import Storage
 from training.evaluate import EvalResult
 from training.registry import Decision
 
-__all__ = ["EvaluationOutcome", "evaluate_variant", "find_evaluation", "trained_clips"]
+__all__ = ["EvaluationOutcome", "evaluate_base", "evaluate_variant", "find_evaluation", "trained_clips"]
 
 
 @dataclass
@@ -67,17 +71,18 @@ def trained_clips(cfg: SvdpipeConfig, root: Storage, variant: str, stage: int) -
     return seen
 
 
-def evaluate_variant(root: Storage, variant: str, cfg: SvdpipeConfig, *, stage: int = 3, progress: bool = True,
-                     log: Callable[[str], None] = print) -> EvaluationOutcome:
-    """Evaluate ``models/<variant>/stage<stage>`` (or reuse its evaluation), log it, apply the registration rule."""
+def _evaluate_or_reuse(root: Storage, variant: str, cfg: SvdpipeConfig, stage: int,
+                       run: Callable[[Collection[str] | None], EvalResult],
+                       log: Callable[[str], None]) -> EvaluationOutcome:
+    """The evaluation of ``models/<variant>/stage<stage>``: the finished MLflow run of this model on this test if
+    there is one, else ``run(trained_on)``'s result, logged as a new run. Nothing is registered here."""
     import mlflow
 
     from svdpipe.dvc_hash import dvc_hashes
     from training import model_store
     from training.eval_set import protocol_fingerprint
-    from training.evaluate import evaluate, log_evaluation
+    from training.evaluate import log_evaluation
     from training.latents import prefix, shape_key
-    from training.registry import register_if_not_worse
 
     key = model_store.model_key(variant, stage)
     info = model_store.read_info(root, key)
@@ -95,18 +100,37 @@ def evaluate_variant(root: Storage, variant: str, cfg: SvdpipeConfig, *, stage: 
     run_id = find_evaluation(cfg, variant, stage, dvc["model"], eval_set)
     if run_id is not None:
         result = EvalResult.from_json(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics.json"))
-        log(f"{variant}: model {dvc['model'][:12]} was already evaluated on eval_set {eval_set} (MLflow run "
-            f"{run_id}): not evaluated again")
-        reused = True
-    else:
-        result = evaluate(root, variant, cfg, stage=stage, progress=progress,
-                          trained_on=trained_clips(cfg, root, variant, stage))
-        tags = {"model_hash": dvc["model"], **{f"dvc.{k}": v for k, v in dvc.items()}}
-        run_id = log_evaluation(result, cfg, variant, info.get("dataset_version"), info.get("run_id"), tags)
-        reused = False
-    decision = None
-    if info.get("model_uri"):
-        decision = register_if_not_worse(cfg, info["model_uri"], f"svdpipe-{variant}", result.metrics,
-                                         held_out=result.held_out, eval_set=result.eval_set)
-        log(f"registry: {decision.rule}; registered={decision.registered}")
-    return EvaluationOutcome(result, run_id, reused, info, decision, dvc)
+        log(f"{variant}: Stage {stage} model {dvc['model'][:12]} was already evaluated on eval_set {eval_set} "
+            f"(MLflow run {run_id}): not evaluated again")
+        return EvaluationOutcome(result, run_id, True, info, None, dvc)
+    result = run(trained_clips(cfg, root, variant, stage))
+    tags = {"model_hash": dvc["model"], **{f"dvc.{k}": v for k, v in dvc.items()}}
+    run_id = log_evaluation(result, cfg, variant, info.get("dataset_version"), info.get("run_id"), tags)
+    return EvaluationOutcome(result, run_id, False, info, None, dvc)
+
+
+def evaluate_variant(root: Storage, variant: str, cfg: SvdpipeConfig, *, stage: int = 3, progress: bool = True,
+                     log: Callable[[str], None] = print) -> EvaluationOutcome:
+    """Evaluate ``models/<variant>/stage<stage>`` (or reuse its evaluation), log it, apply the registration rule."""
+    from training.evaluate import evaluate
+    from training.registry import register_if_not_worse
+
+    out = _evaluate_or_reuse(root, variant, cfg, stage, lambda seen: evaluate(
+        root, variant, cfg, stage=stage, progress=progress, trained_on=seen), log)
+    if out.model_info.get("model_uri"):
+        r = out.result
+        out.decision = register_if_not_worse(cfg, out.model_info["model_uri"], f"svdpipe-{variant}", r.metrics,
+                                             held_out=r.held_out, eval_set=r.eval_set)
+        log(f"registry: {out.decision.rule}; registered={out.decision.registered}")
+    return out
+
+
+def evaluate_base(root: Storage, variant: str, cfg: SvdpipeConfig, *, stage: int = 2,
+                  log: Callable[[str], None] = print) -> EvaluationOutcome:
+    """Evaluate the text-to-video base model ``models/<variant>/stage<stage>`` from its evaluation clips' captions
+    (``training.evaluate_base``), or reuse its evaluation, and log it (tag evaluated_stage=<stage>). Never
+    registered: the registry holds the Stage III models."""
+    from training.evaluate_base import evaluate_text_stage
+
+    return _evaluate_or_reuse(root, variant, cfg, stage, lambda seen: evaluate_text_stage(
+        root, variant, cfg, stage=stage, trained_on=seen), log)

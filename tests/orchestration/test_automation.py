@@ -28,8 +28,29 @@ def test_a_new_ingested_batch_flows_into_curation_but_not_into_training(watched_
         after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
         assert set(after.get_requested_partitions(dg.AssetKey("clip_scores"))) == {batch}
         # Training and evaluation are explicit (CLI, UI, job) or scheduled, never started by new data alone.
-        for key in ("clip_latents", "image_model", "video_model", "finetuned_model", "evaluation"):
+        for key in ("clip_latents", "image_model", "video_model", "finetuned_model", "evaluation", "base_evaluation"):
             assert after.get_num_requested(dg.AssetKey(key)) == 0
+
+
+def test_the_comparison_follows_new_stage_iii_evaluations_without_waiting_for_base_model_ones():
+    """Stage II base evaluations are optional: every variant's Stage III evaluation is enough for the eager
+    comparison (it would wait forever on a never-materialized base_evaluation otherwise), and a new base
+    evaluation brings it up to date too."""
+    compare = dg.AssetKey("variant_comparison")
+    selection = dg.AssetSelection.assets(compare)
+    with dg.instance_for_test() as instance:
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        for asset in ("evaluation", "base_evaluation"):
+            for variant in sorted(load_config().variants)[:-1]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=variant))
+            tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                     cursor=tick.cursor)
+            assert tick.get_num_requested(compare) == 0, asset  # a variant's Stage III evaluation is missing
+        last = sorted(load_config().variants)[-1]
+        instance.report_runless_asset_event(dg.AssetMaterialization("evaluation", partition=last))
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                 cursor=tick.cursor)
+        assert tick.get_num_requested(compare) == 1  # base_evaluation[last] was never materialized
 
 
 def test_retrain_schedule_runs_stage3_of_the_configured_variant_on_its_cron():

@@ -105,3 +105,24 @@ def test_evaluation_comparison_and_registration(trained, tmp_path):
     assert {a.path for a in client.list_artifacts(compare.info.run_id)} >= {"comparison.png", "comparison.md"}
     assert "| uncurated" in evaluate.stdout and "| svd" in evaluate.stdout
     assert f"evaluation set {eval_sets.pop()}" in evaluate.stdout
+
+
+def test_evaluate_stage_2_scores_the_base_models_and_compares_them(trained, cli):
+    """`svdpipe evaluate --stage 2` on the trained root, with Dagster and MLflow stores of its own (the trained
+    root's own runs stay as the tests above count them)."""
+    _, root, _, _ = trained
+    quick = ["evaluation.val_sigmas=[0.5, 2.0]", "evaluation.max_videos=1", "evaluation.sample_steps=2"]
+    out = cli("evaluate", "--stage", "2", "--data-root", str(root), *train_args(),
+              *(a for q in quick for a in ("--set", q))).stdout
+    client, exp = _client(cli)
+    runs = client.search_runs(exp, "tags.stage = 'eval'")
+    assert sorted((r.data.tags["curation_variant"], r.data.tags["evaluated_stage"]) for r in runs) == [
+        ("svd", "2"), ("uncurated", "2")]
+    assert len({r.data.tags["eval_set"] for r in runs}) == 1  # one test of both variants' base models
+    assert "registered" not in out and all(f"{v:>12}: val_loss" in out for v in ("svd", "uncurated"))
+    # The comparison has the base models' section, on their evaluation set; no Stage III evaluation ran here.
+    assert "### Stage II base models" in out and "### Stage III" not in out
+    assert f"evaluation set {runs[0].data.tags['eval_set']}" in out
+    (compare,) = client.search_runs(exp, "tags.stage = 'compare'")
+    assert compare.data.tags["stage2.eval_set"] == runs[0].data.tags["eval_set"]
+    assert "comparison_stage2.png" in {a.path for a in client.list_artifacts(compare.info.run_id)}

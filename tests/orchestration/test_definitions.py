@@ -24,3 +24,15 @@ def test_asset_graph_has_the_ingestion_chain():
     assert graph.get(dg.AssetKey("videos")).parent_keys == {dg.AssetKey("ingested_batch")}
     assert isinstance(graph.get(dg.AssetKey("ingested_batch")).partitions_def, dg.DynamicPartitionsDefinition)
     assert defs.resolve_sensor_def("new_videos_sensor") is not None
+
+
+def test_base_evaluation_scores_each_variants_stage_ii_model_and_feeds_the_comparison():
+    graph = defs.resolve_asset_graph()
+    base, key = graph.get(dg.AssetKey("base_evaluation")), dg.AssetKey("base_evaluation")
+    assert base.parent_keys == {dg.AssetKey("video_model")} and base.group_name == "evaluation"
+    assert base.partitions_def == graph.get(dg.AssetKey("evaluation")).partitions_def  # one per variant
+    assert base.partitions_def.get_partition_keys() == graph.get(dg.AssetKey("curated_dataset")).partitions_def \
+        .get_partition_keys()
+    assert graph.get(dg.AssetKey("variant_comparison")).parent_keys == {dg.AssetKey("evaluation"), key}
+    selected = {k.to_user_string() for k in defs.resolve_job_def("evaluate").asset_layer.executable_asset_keys}
+    assert selected == {"evaluation", "base_evaluation", "variant_comparison"}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from svdpipe.config import MlflowConfig, SvdpipeConfig
 from svdpipe.tracking import start_run
-from training.compare import axis_range, better_direction, compare_variants, log_comparison
+from training.compare import axis_range, better_direction, compare_stages, compare_variants, log_comparison
 from training.evaluate import EvalResult, log_evaluation
 
 
@@ -93,9 +93,47 @@ def test_log_comparison_run(cfg, runs, tmp_path):
     assert again.table["run_id"].tolist() == c.table["run_id"].tolist()
 
 
+def _log_base(cfg, variant: str, val_loss: float, eval_set: str = "B1") -> str:
+    """An evaluation run of a Stage II base model, as training.evaluate_base makes it (no sample metrics)."""
+    metrics = {"val_loss": val_loss, "se/val_loss": 0.02, "n/val_loss": 4.0, "val_loss/sigma_1": val_loss,
+               "n_val_clips": 4.0, "n_videos": 2.0}
+    run_id = log_evaluation(EvalResult(variant, 2, metrics, [], 2, eval_set=eval_set), cfg, variant, f"dv-{variant}",
+                            f"base-{variant}")
+    time.sleep(0.01)
+    return run_id
+
+
+def test_base_models_are_compared_beside_stage_iii_not_mixed_in(cfg, runs, tmp_path):
+    before = compare_variants(cfg, out_dir=tmp_path / "before")
+    base = {v: _log_base(cfg, v, loss) for v, loss in (("uncurated", 0.7), ("svd", 0.6))}  # the newest runs now
+    stage3, stage2 = compare_stages(cfg, out_dir=tmp_path / "both")
+    # Stage III's comparison is what it was: base evaluations are neither its newest runs nor its eval set.
+    assert stage3.stage == 3 and stage3.eval_set == before.eval_set
+    assert stage3.table["run_id"].tolist() == before.table["run_id"].tolist()
+    assert stage2.stage == 2 and stage2.eval_set == "B1" and set(stage2.table["evaluated_stage"]) == {"2"}
+    assert stage2.table.set_index("variant")["run_id"].to_dict() == base and stage2.best["val_loss"] == "svd"
+    assert stage2.metrics[0] == "val_loss" and "fd_clip-tiny" not in stage2.metrics
+    assert stage3.markdown.startswith("### Stage III") and stage2.markdown.startswith("### Stage II base models")
+    assert "0.6 ± 0.02 *" in stage2.markdown and stage2.png.name == "comparison_stage2.png"
+    assert stage3.png.name == "comparison.png" and stage2.png.exists()
+
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(log_comparison([stage3, stage2], cfg))
+    t = run.data.tags
+    assert t["eval_set"] == stage3.eval_set and t["stage2.eval_set"] == "B1" and t["stage2.best.val_loss"] == "svd"
+    assert t["best.val_loss"] == stage3.best["val_loss"] and set(t["compared_runs"].split(",")) >= set(base.values())
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "comparison.csv", "comparison.md", "comparison.png", "comparison_stage2.png"}
+    md = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/comparison.md")
+    assert md.index("### Stage III") < md.index("### Stage II base models")
+    csv = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/comparison.csv")
+    assert all(base[v] in csv for v in base)
+
+
 def test_empty_experiment(cfg, tmp_path):
     c = compare_variants(cfg, experiment="nothing-here", out_dir=tmp_path)
     assert c.table.empty and c.png is None and "no stage=eval runs" in c.notes[0]
+    assert compare_stages(cfg, experiment="nothing-here", out_dir=tmp_path) == []
 
 
 def test_axis_starts_near_close_figures_and_at_zero_otherwise():

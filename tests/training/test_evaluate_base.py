@@ -1,5 +1,5 @@
 """Stage II base models are scored per variant from text prompts: validation loss at fixed sigmas and seeds, and
-sample videos from the held-out clips' captions, with a bf16 model (compute.dtype) fed the store's fp32 tensors."""
+sample videos from the evaluation clips' captions, with a bf16 model (compute.dtype) fed the store's fp32 tensors."""
 
 from __future__ import annotations
 
@@ -36,19 +36,24 @@ def test_text_stage_is_scored_from_captions_with_a_bf16_model(tmp_path):
     cfg = load_config("tiny", str(tmp_path / "data"), [*SETTINGS, "compute.dtype=bfloat16"])
     root = _root_with_text_stage(tmp_path, weights_seed=0)
     r = evaluate_text_stage(root, "v", cfg, out_dir=tmp_path / "out")
-    m = r["metrics"]
-    assert m["n_val_clips"] == 2 and m["n_videos"] == 2 and not r["notes"]
+    m = r.metrics
+    assert m["n_val_clips"] == 2 and m["n_videos"] == 2 == r.n_videos and not r.notes and r.held_out
     assert set(m) >= {"val_loss", "val_loss/sigma_0.1", "val_loss/sigma_1"}
-    assert r["captions"] == ["a red ball", "waves"] and r["clip_ids"] == ["a", "b"]
-    assert sorted(p.name for p in r["videos"]) == ["text_00.gif", "text_00.mp4", "text_01.gif", "text_01.mp4"]
+    assert m["se/val_loss"] > 0 and m["n/val_loss"] == 2  # its standard error over the 2 evaluation clips
+    assert r.stage == 2 and len(r.eval_set) == 16
+    assert r.details["captions"] == ["a red ball", "waves"] and r.details["clip_ids"] == ["a", "b"]
+    assert sorted(p.name for p in r.video_paths) == ["text_00.gif", "text_00.mp4", "text_01.gif", "text_01.mp4"]
 
     # Fixed sigmas and seeds: the same model scores the same, another model differently.
     cfg32 = load_config("tiny", str(tmp_path / "data"), [*SETTINGS, "evaluation.max_videos=1",
                                                           "evaluation.sample_steps=1"])
-    again = evaluate_text_stage(root, "v", cfg32)["metrics"]["val_loss"]
-    assert evaluate_text_stage(root, "v", cfg32)["metrics"]["val_loss"] == again
+    again = evaluate_text_stage(root, "v", cfg32).metrics["val_loss"]
+    assert evaluate_text_stage(root, "v", cfg32).metrics["val_loss"] == again
     other = _root_with_text_stage(tmp_path, weights_seed=1)
-    assert evaluate_text_stage(other, "v", cfg32)["metrics"]["val_loss"] != again
+    assert evaluate_text_stage(other, "v", cfg32).metrics["val_loss"] != again
+    # A model that trained on an evaluation clip is not held out.
+    seen = evaluate_text_stage(root, "v", cfg32, trained_on={"b", "c"})
+    assert not seen.held_out and any("trained on 1 evaluation clip" in n for n in seen.notes)
 
 
 def test_image_stage_is_refused(tmp_path):
