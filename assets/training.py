@@ -12,6 +12,7 @@ from assets import guards
 from assets.curation import curated_dataset
 from assets.partitions import variants
 from assets.resources import SvdpipeResource
+from svdpipe.processes import child_env
 from training.launch import for_config
 
 # The Dagster run queue (infra/dagster.postgres.yaml) limits concurrent runs with this tag.
@@ -73,8 +74,9 @@ def _stage_asset(stage: int, name: str, upstream, description: str):
         context.log.info("launching " + " ".join(cmd))
         tags = {"dagster.run_id": context.run.run_id, "dagster.asset": name,
                 "dagster.partition": context.partition_key}
+        # The stage dies with this process (svdpipe.processes): a killed `svdpipe train` leaves nothing training.
         return pipes_subprocess_client.run(
-            command=cmd, context=context, extras={"mlflow_tags": tags}
+            command=cmd, context=context, extras={"mlflow_tags": tags}, env=child_env()
         ).get_materialize_result()
 
     return _asset

@@ -11,6 +11,9 @@ from pathlib import Path
 import click
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
+# On every run a command executes in its own process: which process (svdpipe.processes.identity), so that a later
+# command can tell the run was abandoned when that process was killed.
+PROCESS_TAG = "svdpipe/process"
 
 
 def dagster_home() -> Path:
@@ -37,7 +40,29 @@ def _instance():
     obj = click.get_current_context().obj
     if obj:
         ensure_pool(instance, obj["data_root"])
+    _fail_abandoned_runs(instance)
     return instance
+
+
+def _fail_abandoned_runs(instance) -> None:
+    """Mark failed the runs whose command ended without finishing them (killed: SIGKILL, OOM, a lost shell).
+
+    A command executes its runs in its own process, so nothing else ever ends them: left STARTED, they would show as
+    in progress for ever and count against the run queue's limits (``concurrency`` in infra/dagster.yaml), pools
+    included, holding up every run from the UI or a sensor. Only runs of processes known dead on this machine.
+    """
+    import dagster as dg
+
+    from svdpipe.processes import describe, gone
+
+    active = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING]))
+    for run in active:
+        process = run.tags.get(PROCESS_TAG)
+        if process and gone(process):
+            instance.report_run_failed(run, message=f"the svdpipe command that executed this run ({describe(process)}) "
+                                       "was killed before finishing it")
 
 
 def _resources(ctx: click.Context) -> dict:
@@ -69,12 +94,13 @@ def _run(job: str, assets: list[str], resources: dict, instance, partition_key: 
     import dagster as dg
 
     from orchestration.definitions import build_definitions
+    from svdpipe.processes import identity
 
     ctx = click.get_current_context()
     level = ctx.meta.get("dagster_log_level", "WARNING")
     job_def = build_definitions(resources).resolve_job_def(job)
     result = job_def.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False,
+        instance=instance, partition_key=partition_key, raise_on_error=False, tags={PROCESS_TAG: identity()},
         asset_selection=[dg.AssetKey(a) for a in assets],
         run_config={"loggers": {"console": {"config": {"log_level": level}}}})
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
@@ -410,6 +436,7 @@ def ui(port, host):
     except Exception as e:  # noqa: BLE001
         raise click.UsageError(f"invalid configuration: {e}") from e
     home = dagster_home()
+    _instance()  # the runs of commands killed before: failed now, neither shown running nor counted by the queue
     # Every process dagster dev starts (webserver, daemon, code server, runs) resolves the same project home.
     os.environ["SVDPIPE_HOME"] = str(src.home)
     click.echo(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})\n"

@@ -7,7 +7,8 @@ multipart upload, completed only at the end) is never visible half-written.
 ``Storage.lock`` makes one process at a time the writer of a data root (two ``svdpipe curate`` on one root run one
 after the other): an ``flock`` on ``<root>/.svdpipe.lock`` locally (released by the kernel if the holder dies); on
 S3 a lease object written with a conditional PUT (``If-None-Match``), renewed while held and taken over once it has
-expired. The lock is reentrant within a process, so a CLI command holding it runs its Dagster steps in-process.
+expired, or at once when its holder is known dead (killed on this machine). The lock is reentrant within a process,
+so a CLI command holding it runs its Dagster steps in-process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
+
+from svdpipe.processes import gone, identity
 
 _CHUNK = 8 * 1024 * 1024
 LOCK_KEY = ".svdpipe.lock"  # not a data key: list() never shows it
@@ -105,7 +108,7 @@ class Storage(ABC):
         if not mine:
             info = json.dumps({"purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
                                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "token": uuid.uuid4().hex})
+                               "token": uuid.uuid4().hex, "process": identity()})
             end = None if wait_s is None else time.monotonic() + wait_s
             told = False
             while (release := self._try_lock(info)) is None:
@@ -317,7 +320,9 @@ class S3Storage(Storage):
                 raise
             try:
                 held = self.client.get_object(Bucket=self.bucket, Key=key)
-                expired = json.loads(held["Body"].read()).get("expires", 0) < time.time()
+                holder = json.loads(held["Body"].read())
+                # A holder known dead (killed on this machine) frees it at once; others' leases run out.
+                expired = holder.get("expires", 0) < time.time() or gone(holder.get("process", ""))
             except (ClientError, ValueError):
                 return None
             if not expired:

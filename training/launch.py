@@ -1,4 +1,5 @@
-"""The command that starts a training stage: plain ``python -m training.run``, or ``torchrun`` for several processes.
+"""The command that starts a training stage: plain ``python -m training.run``, or torchrun (``training.torchrun``) for
+several processes.
 
 The Dagster asset, the CLI and DVC all start stages through this one function, so the same entry point runs on
 one CPU, one GPU, several GPUs (``training.nproc``) or several nodes (``training.nnodes``, ``rdzv_endpoint``,
@@ -57,7 +58,8 @@ def command(
         args.append("--force")
     if nproc == 1 and nnodes == 1:
         return [python, *args]
-    launcher = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}"]
+    # torchrun's agent, dying with the process that starts it (svdpipe.processes); it takes torchrun's flags.
+    launcher = [python, "-m", "training.torchrun", f"--nproc-per-node={nproc}", f"--nnodes={nnodes}"]
     if nnodes == 1:
         launcher.append("--standalone")
     else:
@@ -82,6 +84,9 @@ def for_config(cfg: SvdpipeConfig, stage: int, variant: str, **sources) -> list[
 
 def main(argv: list[str] | None = None) -> None:
     from svdpipe.config import load_config
+    from svdpipe.processes import die_with_parent
+
+    die_with_parent()  # kept across the exec below: the stage started from here stops with this launcher's parent
 
     p = argparse.ArgumentParser(description="Start one svdpipe training stage on this node (torchrun when "
                                 "training.nproc or training.nnodes > 1).")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from svdpipe.config import LAUNCH_FIELDS, SvdpipeConfig, load_config
+from svdpipe.processes import die_with_parent
 from svdpipe.storage import Storage, open_storage
 from training import checkpoints, model_store
 from training.checkpoints import Checkpoints
@@ -287,6 +288,7 @@ def export(run: StageRun, info: dict, report: StageReport | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # started by svdpipe (Pipes) or by its torchrun agent: stop with it, whatever kills it
     p = argparse.ArgumentParser(description="Train one svdpipe stage (run under torchrun for several processes).")
     p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--variant", required=True, help="curation variant whose curated dataset and latents to use")

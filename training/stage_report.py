@@ -4,7 +4,8 @@ MLflow run per stage: tags ``stage``, ``curation_variant``, ``dataset_version``;
 metrics per step = ``loss``, ``samples_per_s``, ``peak_memory_mb`` and ``loss_sigma_<lo>_<hi>`` (mean loss of
 the step's samples whose sigma fell in that bin of ``training.sigma_bins.DEFAULT_SIGMA_EDGES``); artifacts = the
 config, the loss curve, and sample videos (MP4 + GIF; stage 1: a PNG of sample images). A resumed stage continues
-the run it started (its id is kept beside the checkpoints, under the data root).
+the run it started (its id is kept beside the checkpoints, under the data root), its loss curve from step 1; a stage
+killed before its first checkpoint starts over in a new run and ends the old one as KILLED.
 
 Samples run on ``compute.device`` in ``compute.dtype`` (``training.device``); their inputs are moved there by the
 samplers, so a GPU stage stores its model instead of failing on CPU tensors after training.
@@ -64,13 +65,18 @@ class StageReport:
         self.names = sigma_bin_names()
 
     def __enter__(self) -> StageReport:
+        import mlflow
         from tqdm import tqdm
 
-        previous = (self.ckpt.read_json(RUN_FILE) or {}).get("run_id") if self.start else None
+        stored = (self.ckpt.read_json(RUN_FILE) or {}).get("run_id")
+        previous = stored if self.start else None
+        if stored and not self.start:
+            self._abandon(stored)
         self._ctx = tracking.start_run(self.cfg, f"train stage{self.stage} {self.variant}", self.tags, run_id=previous)
         self.run = self._ctx.__enter__()
         self.ckpt.write_json(RUN_FILE, {"run_id": self.run.info.run_id})
-        import mlflow
+        if previous:  # the loss curve and the first loss of a resumed stage start at step 1, as an uninterrupted one's
+            self.losses = self._logged_losses(previous)
 
         mlflow.log_dict(self.cfg.model_dump(mode="json"), "config.json")
         self.bar = tqdm(total=self.total, initial=self.start, desc=f"stage {self.stage} {self.variant}",
@@ -79,6 +85,28 @@ class StageReport:
             self.pipes.log.info(f"stage {self.stage} ({self.variant}): steps {self.start}..{self.total}, "
                                 f"MLflow run {self.run.info.run_id}")
         return self
+
+    def _logged_losses(self, run_id: str) -> list[tuple[int, float]]:
+        """The losses the run logged up to the checkpoint resumed from: the steps after it run again (a step
+        logged twice: the newer value, as MLflow's own charts show it)."""
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking.tracking_uri(self.cfg))
+        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.timestamp)
+        newest = {m.step: m.value for m in history}
+        return sorted((s, v) for s, v in newest.items() if s <= self.start)
+
+    def _abandon(self, run_id: str) -> None:
+        """A run whose process was killed before its first checkpoint is not continued (the stage starts over, in a
+        new run): ended as KILLED, not left RUNNING for ever. One of another store, or already ended, is left alone."""
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking.tracking_uri(self.cfg))
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+        except mlflow.exceptions.MlflowException:
+            pass
 
     @property
     def run_id(self) -> str:

@@ -36,7 +36,8 @@ def start(args: list[str], log: Path, *, env: dict | None = None, cwd: Path | No
 
 
 def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the process and everything it started."""
+    """SIGKILL the process and its process group (torchrun's workers, each in a session of its own, die with their
+    agent: training.torchrun)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -1,5 +1,8 @@
 """The one command that starts a stage: python for one process, torchrun for several, rendezvous for nodes."""
 
+import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -16,7 +19,7 @@ def test_single_process_is_plain_python():
 
 def test_several_processes_use_torchrun():
     cmd = command(3, "svd", nproc=8)
-    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=8" in cmd and "--standalone" in cmd
+    assert cmd[1:3] == ["-m", "training.torchrun"] and "--nproc-per-node=8" in cmd and "--standalone" in cmd
     assert cmd[cmd.index("training.run") - 1] == "-m"
 
 
@@ -57,7 +60,7 @@ def test_static_rendezvous_passes_the_node_rank():
 
 
 def test_torchrun_accepts_the_flags():
-    """The installed torchrun parses every flag ``command`` writes."""
+    """The installed torchrun parses every flag ``command`` writes (``training.torchrun`` hands them to it)."""
     from torch.distributed.run import get_args_parser
 
     cmd = command(1, "svd", nproc=2, nnodes=2, rdzv_endpoint="node0:29400", rdzv_backend="static", node_rank=1,
@@ -84,4 +87,50 @@ def test_launch_module_prints_the_node_command(capsys, monkeypatch):
     monkeypatch.setenv("SVDPIPE__TRAINING__RDZV_ENDPOINT", "node0:29400")
     main(["--stage", "1", "--variant", "svd", "--data-root", "s3://b/root", "--profile", "tiny", "--dry-run"])
     out = capsys.readouterr().out
-    assert "torch.distributed.run" in out and "--nnodes=2" in out and "--data-root s3://b/root" in out
+    assert "training.torchrun" in out and "--nnodes=2" in out and "--data-root s3://b/root" in out
+
+
+# A worker arms itself (as training.run does), writes its pid and waits to be killed.
+WORKER = """
+import os, sys, time
+from svdpipe.processes import die_with_parent
+die_with_parent()
+part = f"{sys.argv[1]}/{os.environ['RANK']}.part"
+open(part, "w").write(str(os.getpid()))
+os.replace(part, part[:-5])
+time.sleep(600)
+"""
+# Started like a stage by svdpipe's asset (named as the agent's parent), the agent starts two WORKERs; this prints
+# their pids and waits to be killed.
+AGENT_PARENT = f"""
+import os, subprocess, sys, time
+from pathlib import Path
+from svdpipe.processes import child_env
+out = Path(sys.argv[1])
+subprocess.Popen([sys.executable, "-m", "training.torchrun", "--standalone", "--nproc-per-node=2", "--no-python",
+                  sys.executable, "-c", {WORKER!r}, str(out)], env={{**os.environ, **child_env()}})
+while len(pids := [p for p in out.iterdir() if p.suffix != ".part"]) < 2:
+    time.sleep(0.1)
+print(" ".join(p.read_text() for p in pids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_torchrun_agent_and_workers_die_with_the_process_that_started_them(tmp_path):
+    """SIGKILL of the process that started a several-process stage (svdpipe) ends the agent and every worker,
+    though torchrun starts each worker in a session of its own."""
+    from process_tree import descendants, kill_all, survivors
+
+    parent = subprocess.Popen([sys.executable, "-c", AGENT_PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
+    workers = parent.stdout.readline().split()
+    tree = descendants(parent.pid)
+    try:
+        assert len(workers) == 2 and all(any(f"|{w}|" in p for p in tree) for w in workers), tree
+        assert any("training.torchrun" in cmd for cmd in tree.values())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert not survivors(tree)
+    finally:
+        parent.kill()
+        kill_all(tree)

@@ -1,4 +1,5 @@
-"""Training with the data root on S3: checkpoints under the root, resumed after a SIGKILL, across two nodes.
+"""Training with the data root on S3: checkpoints under the root, `svdpipe train` resumed after a SIGKILL, across two
+nodes.
 
 Two "nodes" are two launchers (``python -m training.launch``, torchrun with ``--nnodes 2`` and a c10d rendezvous)
 on this machine, each with its own working folder and project home, so their checkpoint caches stand in for
@@ -8,12 +9,16 @@ node-local disks; the data root and the checkpoints' home is a bucket on the ses
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import pytest
+from process_tree import descendants, kill_all, survivors
 
 from s3_gate import S3Gate
 from stage_process import (
@@ -24,6 +29,8 @@ from svdpipe.config import load_config
 from svdpipe.storage import LocalStorage, open_storage
 from training.checkpoints import for_stage
 from training.latents import build_latents
+
+from tests.conftest import SVDPIPE
 
 STEPS = 8
 SETTINGS = [f"training.stages.1.steps={STEPS}", "training.checkpoint_every=2", "training.keep_checkpoints=2"]
@@ -60,39 +67,57 @@ def test_checkpoints_live_under_their_own_data_root(s3, bucket, tmp_path, monkey
     assert a.local_dir != b.local_dir and tmp_path not in a.local_dir.parents
 
 
-def test_s3_root_killed_resumes_from_its_own_checkpoints(s3, bucket, with_latents, tmp_path):
-    """`training.run` on an S3 root, SIGKILLed after a checkpoint and started again, logs the uninterrupted run's
-    losses. Both roots hold the same clips and train from the same folder with separate MLflow stores (a new
-    user): the second starts from step 0, never from the first root's checkpoints or MLflow run."""
-    first, second = (_s3_copy(with_latents, f"s3://{bucket}/{name}") for name in ("first", "second"))
+def test_svdpipe_train_killed_resumes_from_its_checkpoints_under_the_s3_root(s3, bucket, with_latents, tmp_path):
+    """`svdpipe train` on an S3 root, its own process SIGKILLed (`kill -9 PID`) after the first checkpoint: no
+    process of its stage trains on, and started again it resumes from the checkpoints under the root, logging the
+    uninterrupted command's per-step losses in the same MLflow run; the Dagster run the killed command left is
+    failed. Both roots hold the same clips and train from one folder, each run with its own project home, Dagster
+    instance and MLflow store (a new user): the second starts from step 0, never from the first root's checkpoints."""
+    whole, killed = (_s3_copy(with_latents, f"s3://{bucket}/{name}") for name in ("whole", "killed"))
     folder = tmp_path / "work"
     folder.mkdir()
 
-    def launch(root, name, s3_endpoint=s3.endpoint):
-        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "AWS_ENDPOINT_URL": s3_endpoint}
-        return start(["-m", "training.run", *stage_args(root, SETTINGS), "--no-progress"], tmp_path / f"{name}.log",
-                     env=env, cwd=folder)
+    def train(root, name, s3_endpoint=s3.endpoint):
+        env = {"SVDPIPE_HOME": str(tmp_path / name / "home"), "DAGSTER_HOME": str(tmp_path / name / "dagster"),
+               "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/{name}.db", "AWS_ENDPOINT_URL": s3_endpoint}
+        return start([SVDPIPE, "train", *stage_args(root, SETTINGS)], tmp_path / f"{name}.log", env=env, cwd=folder)
 
-    wait(launch(first, "first"), tmp_path / "first.log")
-    with S3Gate(s3.endpoint, LATEST_WRITTEN) as gate:
-        proc = launch(second, "second", gate.url)
-        wait_for_checkpoint(second, 2, [proc], tmp_path / "second.log", gate=gate)
-        kill(proc)
-    assert not open_storage(second).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
-    wait(launch(second, "second"), tmp_path / "second.log")
+    wait(train(whole, "whole"), tmp_path / "whole.log")
+    with S3Gate(s3.endpoint, LATEST_WRITTEN) as gate:  # the run stalls after its first checkpoint until killed
+        proc = train(killed, "killed", gate.url)
+        wait_for_checkpoint(killed, 2, [proc], tmp_path / "killed.log", gate=gate)
+        stage = descendants(proc.pid)
+        try:
+            assert any("training.run" in cmd for cmd in stage.values()), stage
+            os.kill(proc.pid, signal.SIGKILL)  # the command's process only, as `kill -9 PID` does
+            proc.wait()
+            assert not survivors(stage)
+        finally:
+            kill_all(stage)
+    assert latest_step(killed) < STEPS and not open_storage(killed).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
+    wait(train(killed, "killed"), tmp_path / "killed.log")
 
-    info = json.loads(open_storage(second).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
+    info = json.loads(open_storage(killed).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
     assert 2 <= info["resumed_from"] < STEPS
-    assert_same_losses(losses(f"sqlite:///{tmp_path}/first.db"), losses(f"sqlite:///{tmp_path}/second.db"), STEPS)
-    for root in (first, second):  # each root holds its own newest checkpoints, nothing is left in the folder
+    resumed = losses(f"sqlite:///{tmp_path}/killed.db")
+    assert_same_losses(losses(f"sqlite:///{tmp_path}/whole.db"), resumed, STEPS)
+    for root in (whole, killed):  # each root holds its own newest checkpoints, nothing is left in the folder
         ckpt = for_stage(open_storage(root), VARIANT, 1)
+        assert ckpt.uri() == f"{root}/{CKPT}"
         assert ckpt.tags() == [f"step{STEPS - 2}", f"step{STEPS}"] and ckpt.latest() == f"step{STEPS}"
     assert list(folder.iterdir()) == []
+    with dg.DagsterInstance.from_config(str(tmp_path / "killed" / "dagster")) as instance:
+        done, failed = instance.get_runs()  # newest first
+        assert done.status == dg.DagsterRunStatus.SUCCESS and failed.status == dg.DagsterRunStatus.FAILURE
+        # What the resumed stage reports starts at step 1, as the uninterrupted stage's does.
+        first = instance.get_latest_materialization_event(dg.AssetKey("image_model")).asset_materialization
+        assert first.metadata["first_loss"].value == resumed[1]
 
 
 def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with_latents, tmp_path):
-    """Two nodes of one process each train an S3 root; one node is SIGKILLed after a checkpoint, both are started
-    again, and the per-step losses are the uninterrupted two-node run's. The root holds every rank's files."""
+    """Two nodes of one process each train an S3 root; one node is SIGKILLed after a checkpoint (its worker dies with
+    it), both are started again, and the per-step losses are the uninterrupted two-node run's. The root holds every
+    rank's files."""
     whole, killed = (_s3_copy(with_latents, f"s3://{bucket}/{name}") for name in ("whole", "killed"))
     nodes = [tmp_path / f"node{i}" for i in range(2)]
     for node in nodes:
@@ -121,7 +146,12 @@ def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with
     with S3Gate(s3.endpoint, LATEST_WRITTEN) as gate:  # the run stalls after its first checkpoint until killed
         procs = launch_nodes(killed, "killed", gate.url)
         wait_for_checkpoint(killed, 2, procs, tmp_path / "killed-node1.log", gate=gate)
+        node1 = descendants(procs[1].pid)
         kill(procs[1])
+        try:  # node 1's worker, in a session of its own, dies with its torchrun agent (training.torchrun)
+            assert not survivors(node1)
+        finally:
+            kill_all(node1)
         try:  # its peer gone, node 0 fails at its next collective; a cluster restarts the whole job either way
             procs[0].wait(timeout=60)
         except subprocess.TimeoutExpired:
