@@ -94,7 +94,8 @@ def test_svdpipe_train_killed_resumes_from_its_checkpoints_under_the_s3_root(s3,
             assert not survivors(stage)
         finally:
             kill_all(stage)
-    assert latest_step(killed) < STEPS and not open_storage(killed).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
+    assert latest_step(killed) < STEPS
+    assert not open_storage(killed).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
     wait(train(killed, "killed"), tmp_path / "killed.log")
 
     info = json.loads(open_storage(killed).read_text(f"models/{VARIANT}/stage1/svdpipe_model.json"))
