@@ -38,10 +38,7 @@ def _finite(v: float) -> float | None:
 def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     from training.evaluation_run import evaluate_variant
 
-    guards.model(svdpipe.storage, context.partition_key, 3)
-    guards.latents(svdpipe.storage, context.partition_key)
-    out = evaluate_variant(svdpipe.storage, context.partition_key, svdpipe.config, log=context.log.info)
-    return dg.MaterializeResult(metadata=_metadata(out, svdpipe.config))
+    return _evaluate(context, svdpipe, 3, evaluate_variant)
 
 
 @dg.asset(
@@ -56,9 +53,14 @@ def evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> d
 def base_evaluation(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource) -> dg.MaterializeResult:
     from training.evaluation_run import evaluate_base
 
-    guards.model(svdpipe.storage, context.partition_key, 2)
+    return _evaluate(context, svdpipe, 2, evaluate_base)
+
+
+def _evaluate(context: dg.AssetExecutionContext, svdpipe: SvdpipeResource, stage: int, run) -> dg.MaterializeResult:
+    """The partition's Stage ``stage`` model evaluated by ``run`` (evaluate_variant or evaluate_base), as metadata."""
+    guards.model(svdpipe.storage, context.partition_key, stage)
     guards.latents(svdpipe.storage, context.partition_key)
-    out = evaluate_base(svdpipe.storage, context.partition_key, svdpipe.config, log=context.log.info)
+    out = run(svdpipe.storage, context.partition_key, svdpipe.config, log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out, svdpipe.config))
 
 

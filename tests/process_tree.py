@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -43,3 +44,15 @@ def kill_all(processes: dict[str, str]) -> None:
     for recorded in processes:
         if not gone(recorded):
             os.kill(int(recorded.rsplit("|", 2)[1]), signal.SIGKILL)
+
+
+def assert_tree_dies_with(parent: subprocess.Popen, tree: dict[str, str]) -> None:
+    """SIGKILL ``parent`` alone (as ``kill -9 PID`` does) and assert every process of ``tree`` ends with it; whatever
+    outlives it is killed, pass or fail."""
+    try:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert not survivors(tree)
+    finally:
+        parent.kill()
+        kill_all(tree)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from process_tree import kill_all, survivors
+from process_tree import assert_tree_dies_with
 
 from svdpipe.processes import PARENT_ENV, child_env, describe, die_with_parent, gone, identity
 
@@ -39,15 +39,8 @@ def _python(code: str, env: dict | None = None, **kw) -> subprocess.Popen:
 def test_a_child_dies_with_its_parent_killed_by_sigkill():
     parent = _python(PARENT)
     child_pid, named = parent.stdout.readline().split()
-    child = {identity(int(child_pid)): "child"}
-    try:
-        assert named == child_pid  # its own children would die with it in turn
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        assert not survivors(child)
-    finally:
-        parent.kill()
-        kill_all(child)
+    assert_tree_dies_with(parent, {identity(int(child_pid)): "child"})
+    assert named == child_pid  # its own children would die with it in turn
 
 
 def test_a_child_whose_parent_died_before_it_armed_kills_itself():

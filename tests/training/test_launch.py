@@ -1,7 +1,6 @@
 """The one command that starts a stage: python for one process, torchrun for several, rendezvous for nodes."""
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -119,18 +118,12 @@ time.sleep(600)
 def test_torchrun_agent_and_workers_die_with_the_process_that_started_them(tmp_path):
     """SIGKILL of the process that started a several-process stage (svdpipe) ends the agent and every worker,
     though torchrun starts each worker in a session of its own."""
-    from process_tree import descendants, kill_all, survivors
+    from process_tree import assert_tree_dies_with, descendants
 
     parent = subprocess.Popen([sys.executable, "-c", AGENT_PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
     workers = parent.stdout.readline().split()
     tree = descendants(parent.pid)
-    try:
-        assert len(workers) == 2 and all(any(f"|{w}|" in p for p in tree) for w in workers), tree
-        assert any("training.torchrun" in cmd for cmd in tree.values())
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        assert not survivors(tree)
-    finally:
-        parent.kill()
-        kill_all(tree)
+    assert_tree_dies_with(parent, tree)
+    assert len(workers) == 2 and all(any(f"|{w}|" in p for p in tree) for w in workers), tree
+    assert any("training.torchrun" in cmd for cmd in tree.values())

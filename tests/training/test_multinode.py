@@ -9,16 +9,14 @@ node-local disks; the data root and the checkpoints' home is a bucket on the ses
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from process_tree import descendants, kill_all, survivors
+from process_tree import assert_tree_dies_with, descendants, kill_all, survivors
 
 from s3_gate import S3Gate
 from stage_process import (
@@ -87,13 +85,8 @@ def test_svdpipe_train_killed_resumes_from_its_checkpoints_under_the_s3_root(s3,
         proc = train(killed, "killed", gate.url)
         wait_for_checkpoint(killed, 2, [proc], tmp_path / "killed.log", gate=gate)
         stage = descendants(proc.pid)
-        try:
-            assert any("training.run" in cmd for cmd in stage.values()), stage
-            os.kill(proc.pid, signal.SIGKILL)  # the command's process only, as `kill -9 PID` does
-            proc.wait()
-            assert not survivors(stage)
-        finally:
-            kill_all(stage)
+        assert_tree_dies_with(proc, stage)  # the command's process only is killed, as `kill -9 PID` does
+        assert any("training.run" in cmd for cmd in stage.values()), stage
     assert latest_step(killed) < STEPS
     assert not open_storage(killed).exists(f"models/{VARIANT}/stage1/svdpipe_model.json")
     wait(train(killed, "killed"), tmp_path / "killed.log")
