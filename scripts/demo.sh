@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole chain on the embedded default (local folder, SQLite Dagster and MLflow, tiny profile, CPU).
 # sample corpus -> ingestion -> curation (scores, GX checks, variants, shards) -> latents -> Stages I-III per variant
-# -> evaluation -> variant comparison. About 4 minutes on 2 CPU cores (after make setup); every step shows its progress.
+# -> evaluation -> variant comparison. About 5 minutes on 2 CPU cores (after make setup); every step shows its progress.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${DEMO_DIR:-demo-data}
