@@ -2,11 +2,17 @@
 
     .venv/bin/python benchmarks/curation_throughput.py [--minutes 2] [--engine local --engine ray] [--repeats 2]
     .venv/bin/python benchmarks/curation_throughput.py --stages --minutes 3   # the per-stage table as well
+    .venv/bin/python benchmarks/curation_throughput.py --minutes 2 --minutes 6  # fixed cost and marginal ratio
 
 The whole command: ``svdpipe curate`` (start-up, scoring, the clips-table checks, selection and shards of every
 variant, MLflow logging) in a fresh process on a freshly ingested copy of the corpus, once per engine and repeat,
 each time between two ffmpeg floor measurements of the same files (their mean is that run's floor). Wall and CPU
 seconds (the command and all its child processes) are both reported: on a shared machine the CPU ratio moves less.
+The ``ray`` engine's CPU seconds count only the driver (the command): Ray's worker processes are not its children.
+
+With two or more ``--minutes``, a line through each engine's mean (floor, command) seconds per length splits the
+command into a fixed cost (start-up, model loading, MLflow and Dagster bookkeeping: the intercept) and a marginal
+cost per second of floor (the slope): the ratio the command tends to on a corpus many times larger.
 
 With ``--stages``, per stage over the same files, one process, all cores available to it:
 
@@ -195,7 +201,8 @@ def whole_command(files: list[Path], engines: list[str], repeats: int, work: Pat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--minutes", type=float, action="append",
+                    help="minutes of video in the corpus (repeatable: a fixed and a marginal cost; default 2)")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--engine", action="append", choices=["local", "ray"],
@@ -205,21 +212,50 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    files = corpus(args.out, args.minutes, args.width, args.height)
-    video_s = sum(probe_video(f).duration_s for f in files)
     engines = args.engine or ["local"]
-    runs = whole_command(files, engines, args.repeats, args.out / f"whole-{files[0].parent.name}")
-    report = {"video_seconds": round(video_s, 1), "files": len(files), "size": f"{args.width}x{args.height}",
-              "cpus": os.cpu_count(), "whole_command": runs}
-    print(f"\n`svdpipe curate` over {video_s:.0f} s of {args.width}x{args.height} video in {len(files)} files")
-    print("| engine | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU | load |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in runs:
-        print(f"| {r['engine']} | {r['repeat']} | {r['seconds']} | {r['floor_s']} | **{r['ratio_to_floor']}** | "
-              f"{r['cpu_s']} | {r['floor_cpu_s']} | {r['cpu_ratio_to_floor']} | {r['load_1min']} |")
+    report: dict = {"size": f"{args.width}x{args.height}", "cpus": os.cpu_count(), "whole_command": []}
+    for minutes in args.minutes or [2.0]:
+        files = corpus(args.out, minutes, args.width, args.height)
+        video_s = sum(probe_video(f).duration_s for f in files)
+        runs = whole_command(files, engines, args.repeats, args.out / f"whole-{files[0].parent.name}")
+        for r in runs:
+            r.update(video_seconds=round(video_s, 1), files=len(files))
+        report["whole_command"] += runs
+    print(f"\n`svdpipe curate`, {args.width}x{args.height} video")
+    print("| engine | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU | load |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in report["whole_command"]:
+        print(f"| {r['engine']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | {r['seconds']} | "
+              f"{r['floor_s']} | **{r['ratio_to_floor']}** | {r['cpu_s']} | {r['floor_cpu_s']} | "
+              f"{r['cpu_ratio_to_floor']} | {r['load_1min']} |")
+    report["marginal"] = marginal(report["whole_command"])
+    for engine, m in report["marginal"].items():
+        print(f"{engine}: fixed {m['fixed_s']} s, then {m['marginal_ratio']}x the floor per added second of video "
+              f"(CPU: fixed {m['fixed_cpu_s']} s, {m['marginal_cpu_ratio']}x)")
     if args.stages:
         report.update(stages(files, video_s, args))
     (args.out / "curation_throughput.json").write_text(json.dumps(report, indent=1))
+
+
+def marginal(runs: list[dict]) -> dict:
+    """Per engine with runs at two or more lengths: least-squares lines command = fixed + ratio x floor, over the
+    mean of each length's repeats, in wall and in CPU seconds."""
+    out = {}
+    for engine in sorted({r["engine"] for r in runs}):
+        by_len: dict[float, list[dict]] = {}
+        for r in runs:
+            if r["engine"] == engine:
+                by_len.setdefault(r["video_seconds"], []).append(r)
+        if len(by_len) < 2:
+            continue
+        fit = {}
+        for key, x_key, y_key in (("", "floor_s", "seconds"), ("_cpu", "floor_cpu_s", "cpu_s")):
+            xs = np.array([np.mean([r[x_key] for r in rs]) for rs in by_len.values()])
+            ys = np.array([np.mean([r[y_key] for r in rs]) for rs in by_len.values()])
+            slope, intercept = np.polyfit(xs, ys, 1)
+            fit[f"fixed{key}_s"], fit[f"marginal{key}_ratio"] = round(float(intercept), 1), round(float(slope), 2)
+        out[engine] = fit
+    return out
 
 
 def stages(files: list[Path], video_s: float, args) -> dict:

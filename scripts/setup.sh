@@ -30,4 +30,10 @@ fi
 "$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
+# DeepSpeed compiles its shared-memory communication op (C++, about a minute on 2 cores) the first time a process
+# of this environment starts an engine on the CPU; build it now, not in the first training stage or mid-suite.
+"$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null || {
+  echo "error: DeepSpeed could not build its shm op; training on the CPU needs a C++ compiler (apt-get install g++)" >&2
+  exit 1
+}
 "$VENV/bin/python" -c "import torch, torchvision, av, dagster, mlflow; print('svdpipe environment ready: torch', torch.__version__, '| dagster', dagster.__version__, '| mlflow', mlflow.__version__)"
