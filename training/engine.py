@@ -35,6 +35,7 @@ import json
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,12 +125,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def environment_ninja_first() -> None:
+    """Put this environment's ``bin`` first on PATH when it has ``ninja`` (a DeepSpeed dependency).
+
+    DeepSpeed compiles its CPU shm op once per machine (``~/.cache/torch_extensions``) with the first ``ninja`` on
+    PATH. This environment's ninja and a system one hash the same build commands differently, so processes that
+    found different ones (a PATH with or without the venv) each took the other's build as stale and compiled it
+    again, about 75 CPU seconds each time.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    if (Path(bin_dir) / "ninja").is_file() and path[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+
+
 def _ensure_dist() -> None:
     """Initialise torch.distributed once; a bare ``python`` call becomes a world of one.
 
     Under a launcher (deepspeed/torchrun) the env vars are already set and win. gloo is used without CUDA
     because the CPU accelerator would otherwise ask for oneCCL, which is not installed.
     """
+    environment_ninja_first()  # before DeepSpeed's communication backend builds or loads its shm op
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

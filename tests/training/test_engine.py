@@ -3,7 +3,7 @@
 Each scenario runs in its own ``python -m training.engine`` process: torch.distributed and DeepSpeed keep
 process-global state, and a resume is only meaningful from a fresh process (new model, new engine, new RNG).
 Both the Stage I (tiny image UNet) and Stage II (tiny video UNet) objectives are covered.
-The first DeepSpeed start on a machine JIT-builds its shared-memory comm op (~1 min, then cached).
+`make setup` builds DeepSpeed's shared-memory comm op once; every process builds it with the same ninja.
 """
 
 from __future__ import annotations
@@ -164,3 +164,19 @@ def test_bf16_accumulates_and_reduces_in_fp32_and_exports_the_fp32_master_weight
         assert t.dtype == torch.float32 and torch.equal(t, master[name].float()), name
     assert working["conv_in.weight"].dtype == torch.bfloat16
     assert sum(not torch.equal(t, working[name].float()) for name, t in exported.items()) > len(exported) // 2
+
+
+def test_deepspeed_builds_with_this_environments_ninja_whatever_path_a_process_got(monkeypatch):
+    """A process whose PATH finds a system ninja first (or the venv's later) still builds DeepSpeed's op with the
+    environment's own, so no process takes another's build as stale."""
+    import shutil as sh
+
+    from training.engine import environment_ninja_first
+
+    own = Path(sys.executable).parent
+    assert (own / "ninja").is_file(), "ninja is a DeepSpeed requirement: make setup installs it in the venv"
+    for path in ("/usr/bin:/bin", f"/usr/bin:{own}:/bin", f"{own}:/usr/bin"):
+        monkeypatch.setenv("PATH", path)
+        environment_ninja_first()
+        assert sh.which("ninja") == str(own / "ninja")
+        assert os.environ["PATH"].split(os.pathsep).count(str(own)) == 1
