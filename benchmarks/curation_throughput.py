@@ -222,7 +222,8 @@ def main() -> None:
             r.update(video_seconds=round(video_s, 1), files=len(files))
         report["whole_command"] += runs
     print(f"\n`svdpipe curate`, {args.width}x{args.height} video")
-    print("| engine | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU | load |")
+    print("| engine | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU "
+          "| load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in report["whole_command"]:
         print(f"| {r['engine']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | {r['seconds']} | "
@@ -232,7 +233,7 @@ def main() -> None:
     for engine, m in report["marginal"].items():
         print(f"{engine}: fixed {m['fixed_s']} s, then {m['marginal_ratio']}x the floor per added second of video "
               f"(CPU: fixed {m['fixed_cpu_s']} s, {m['marginal_cpu_ratio']}x)")
-    if args.stages:
+    if args.stages:  # on the last corpus length
         report.update(stages(files, video_s, args))
     (args.out / "curation_throughput.json").write_text(json.dumps(report, indent=1))
 

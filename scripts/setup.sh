@@ -32,8 +32,7 @@ fi
 "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
 # DeepSpeed compiles its shared-memory communication op (C++, about a minute on 2 cores) the first time a process
 # of this environment starts an engine on the CPU; build it now, not in the first training stage or mid-suite.
-# With this environment's ninja first on PATH, as the stages use it (training.engine.environment_ninja_first).
-PATH="$(cd "$VENV/bin" && pwd):$PATH" "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null || {
+"$VENV/bin/python" -c "from training.engine import build_shm_op; build_shm_op()" >/dev/null || {
   echo "error: DeepSpeed could not build its shm op; training on the CPU needs a C++ compiler (apt-get install g++)" >&2
   exit 1
 }

@@ -128,15 +128,23 @@ def _free_port() -> int:
 def environment_ninja_first() -> None:
     """Put this environment's ``bin`` first on PATH when it has ``ninja`` (a DeepSpeed dependency).
 
-    DeepSpeed compiles its CPU shm op once per machine (``~/.cache/torch_extensions``) with the first ``ninja`` on
-    PATH. This environment's ninja and a system one hash the same build commands differently, so processes that
-    found different ones (a PATH with or without the venv) each took the other's build as stale and compiled it
-    again, about 75 CPU seconds each time.
+    DeepSpeed compiles its CPU shm op once per machine (``~/.cache/torch_extensions``) with the first ``ninja``
+    on PATH. This environment's ninja and a system one hash the same build commands differently, so processes
+    that found different ones (a PATH with or without the venv) each took the other's build as stale and
+    compiled it again, about 75 CPU seconds each time.
     """
     bin_dir = str(Path(sys.executable).parent)
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p]
     if (Path(bin_dir) / "ninja").is_file() and path[:1] != [bin_dir]:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+
+
+def build_shm_op() -> None:
+    """Compile (or load) DeepSpeed's CPU shm op as every stage process does; ``make setup`` runs it once."""
+    from deepspeed.comm.torch import build_shm_op as build
+
+    environment_ninja_first()
+    build()
 
 
 def _ensure_dist() -> None:

@@ -167,8 +167,8 @@ def test_bf16_accumulates_and_reduces_in_fp32_and_exports_the_fp32_master_weight
 
 
 def test_deepspeed_builds_with_this_environments_ninja_whatever_path_a_process_got(monkeypatch):
-    """A process whose PATH finds a system ninja first (or the venv's later) still builds DeepSpeed's op with the
-    environment's own, so no process takes another's build as stale."""
+    """A process whose PATH finds a system ninja first (or the venv's later) still builds DeepSpeed's op with
+    the environment's own, so no process takes another's build as stale."""
     import shutil as sh
 
     from training.engine import environment_ninja_first
