@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["S3Gate"]
 
-FINAL_STATUS = re.compile(rb"HTTP/1\.[01] [2-5]\d\d ")
+STORED = re.compile(rb"HTTP/1\.[01] 2\d\d ")  # a final answer (not "100 Continue") that stored it
 
 
 class S3Gate:
@@ -74,9 +74,13 @@ class S3Gate:
     def _responses(self, src: socket.socket, dst: socket.socket, armed: threading.Event) -> None:
         try:
             while chunk := src.recv(65536):
+                # Whether the request had gone out is read before this chunk is forwarded: a chunk read earlier
+                # answers the request before it, and once forwarded the client may send the armed request at once.
+                # Read after, that earlier answer would close the gate between the armed request's headers and its
+                # body, which would then never reach the server.
+                # A success only: an error answer is retried by the client, and the retry must pass.
+                if armed.is_set() and STORED.search(chunk):
+                    self.closed.set()  # before forwarding: the client's next request is already held
                 dst.sendall(chunk)
-                # The server's final answer (not "100 Continue") to the request: it is stored, the gate closes.
-                if armed.is_set() and FINAL_STATUS.search(chunk):
-                    self.closed.set()
         except OSError:
             pass
