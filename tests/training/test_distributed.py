@@ -62,7 +62,7 @@ def launch(tmp_path: Path, name: str, nproc: int, *args: str) -> dict:
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    engine_args = ["-m", "training.engine", *COMMON, *args, "--ckpt-dir", str(ckpt), "--out", str(out)]
+    engine_args = ["-m", "training.scenario", *COMMON, *args, "--ckpt-dir", str(ckpt), "--out", str(out)]
     if nproc == 1:
         cmd = [sys.executable, *engine_args]
     else:

@@ -1,6 +1,6 @@
 """DeepSpeed engine: exact resume (model, optimizer, scheduler and EMA) and ZeRO-3 start-up, on CPU.
 
-Each scenario runs in its own ``python -m training.engine`` process: torch.distributed and DeepSpeed keep
+Each scenario runs in its own ``python -m training.scenario`` process: torch.distributed and DeepSpeed keep
 process-global state, and a resume is only meaningful from a fresh process (new model, new engine, new RNG).
 Both the Stage I (tiny image UNet) and Stage II (tiny video UNet) objectives are covered.
 `make setup` builds DeepSpeed's shared-memory comm op once; every process builds it with the same ninja.
@@ -52,7 +52,7 @@ def run_engine(tmp_path: Path, name: str, *args: str) -> dict:
         env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-m", "training.engine", *COMMON, *args, "--out", str(out)],
+        [sys.executable, "-m", "training.scenario", *COMMON, *args, "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
