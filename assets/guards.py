@@ -15,7 +15,7 @@ from curation import ingest
 from curation.batch_scoring import read_clips_table
 from curation.clips_table import CLIPS_KEY
 from curation.variants import select
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 from training import model_store
 

@@ -14,7 +14,8 @@ import dagster as dg
 from dagster_ray import LocalRay
 
 from svdpipe import tracking
-from svdpipe.config import SvdpipeConfig, load_config
+from svdpipe.config import load_config
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage, open_storage
 
 

@@ -118,7 +118,7 @@ _worker: dict = {}
 def _init(cfg_json: str) -> None:
     import torch
 
-    from svdpipe.config import SvdpipeConfig
+    from svdpipe.config_schema import SvdpipeConfig
 
     torch.set_num_threads(1)
     cfg = SvdpipeConfig.model_validate_json(cfg_json)

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", help="append the result as one JSON line to this file")
     a = p.parse_args(argv)
 
-    from svdpipe.config import PerfConfig
+    from svdpipe.config_schema import PerfConfig
     from training.engine import CONFIG_DIR, load_ds_config, make_engine, train_steps
     from training.perf import compile_blocks, ds_config, misaligned_parameters, prepare_model
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from curation import ingest
 from curation.clips_table import CLIPS_KEY, scoring_version, to_frame
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import LocalStorage, Storage, open_storage
 
 CLIPS_DIR = "metadata/clips"

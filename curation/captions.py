@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from curation.clip_models import load_model
-from svdpipe.config import CaptionConfig
+from svdpipe.config_schema import CaptionConfig
 
 
 @runtime_checkable

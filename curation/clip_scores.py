@@ -14,7 +14,7 @@ import torch
 
 from curation import aesthetic
 from curation.clip_models import is_tiny, load_model
-from svdpipe.config import ClipConfig
+from svdpipe.config_schema import ClipConfig
 
 
 class ClipScorer:

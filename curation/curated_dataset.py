@@ -12,7 +12,7 @@ from curation.batch_scoring import read_clips_table
 from curation.plots import score_histograms
 from curation.shards import encode_clips, prune_encoded, write_shards
 from curation.variants import Selection, select
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 
 

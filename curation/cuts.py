@@ -27,7 +27,7 @@ import numpy as np
 from scenedetect import ContentDetector, FrameTimecode, ThresholdDetector
 from scenedetect.detector import FlashFilter
 
-from svdpipe.config import CutsConfig
+from svdpipe.config_schema import CutsConfig
 
 
 @dataclass(frozen=True)

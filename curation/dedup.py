@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from svdpipe.config import DedupConfig
+from svdpipe.config_schema import DedupConfig
 
 THUMBNAIL_GRID = 4
 COLUMNS = {"clip": "image_embedding", "thumbnail": "thumbnail_embedding"}  # dedup.embedding -> clips-table column

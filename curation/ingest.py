@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from curation.probe import content_hash, probe_video
-from svdpipe.config import IngestConfig
+from svdpipe.config_schema import IngestConfig
 from svdpipe.sources import FetchError, fetch, redact_uri, scrub
 from svdpipe.storage import Storage, open_storage
 

@@ -25,7 +25,7 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
-from svdpipe.config import ComputeConfig, SvdpipeConfig
+from svdpipe.config_schema import ComputeConfig, SvdpipeConfig
 from svdpipe.storage import Storage
 
 SCORER_NAME = "svdpipe-scorer"

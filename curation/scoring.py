@@ -22,7 +22,7 @@ from curation.clips_table import clip_id
 from curation.cuts import CutCascade, shots_from_cuts
 from curation.decode import decode_once
 from curation.motion import clip_motion, flow_magnitudes
-from svdpipe.config import CurationConfig
+from svdpipe.config_schema import CurationConfig
 
 UNSCORED_SHORT = "unscored: shorter than one sample interval (no sampled frame inside)"
 

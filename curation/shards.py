@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from curation.decode import displayed_size, quarter_turns, scaled_size, upright_array
-from svdpipe.config import ShardsConfig
+from svdpipe.config_schema import ShardsConfig
 from svdpipe.storage import LocalStorage, Storage
 
 ENCODED = "encoded_clips"

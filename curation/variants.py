@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from svdpipe.config import ScoreFilter, VariantConfig
+from svdpipe.config_schema import ScoreFilter, VariantConfig
 
 
 @dataclass

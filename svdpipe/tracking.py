@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from svdpipe import project
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value (6000 on newer stores; 500 is safe everywhere)
 DESCRIPTION = (

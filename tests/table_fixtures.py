@@ -8,7 +8,7 @@ import pytest
 from curation import ingest
 from curation.clips_table import clip_id, to_frame
 from curation.sample_corpus import make_sample_corpus
-from svdpipe.config import IngestConfig
+from svdpipe.config_schema import IngestConfig
 from svdpipe.sources import list_inputs
 from svdpipe.storage import open_storage
 

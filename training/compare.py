@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.tracking import HEADLINE_METRICS, headline_rank
 from training.metrics.directions import COUNT, SE, better, is_uncertainty, rank_blocker
 

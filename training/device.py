@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 
 __all__ = ["inference_dtype", "model_device_dtype", "resolve_device", "to_model"]
 

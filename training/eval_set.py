@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 
 __all__ = ["EvalSet", "HELD_OUT", "choose", "clip_hash", "prepare", "protocol_fingerprint", "usable_pool",

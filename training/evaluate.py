@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 from training.metrics.directions import COUNT, SE
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 from training.evaluate import EvalResult
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.storage import Storage
 from training.evaluate import EvalResult
 from training.registry import Decision

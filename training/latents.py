@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from svdpipe.config import StageConfig, SvdpipeConfig
+from svdpipe.config_schema import StageConfig, SvdpipeConfig
 from svdpipe.storage import Storage
 from training import eval_set
 from training.conditioning import motion_bucket, sample_cond_aug

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from svdpipe.config import SvdpipeConfig
+    from svdpipe.config_schema import SvdpipeConfig
 
 __all__ = ["command", "for_config", "main", "rdzv_id"]
 

@@ -26,7 +26,7 @@ import copy
 
 import torch
 
-from svdpipe.config import PerfConfig
+from svdpipe.config_schema import PerfConfig
 
 __all__ = ["compile_blocks", "ds_config", "misaligned_parameters", "prepare_model"]
 

@@ -26,7 +26,7 @@ from typing import ClassVar
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 
 __all__ = ["Decision", "SvdPipelineModel", "log_pipeline_model", "register_if_not_worse"]
 

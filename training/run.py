@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from svdpipe.config import LAUNCH_FIELDS, SvdpipeConfig, load_config
+from svdpipe.config import load_config
+
+from svdpipe.config_schema import LAUNCH_FIELDS, SvdpipeConfig
 from svdpipe.processes import die_with_parent
 from svdpipe.storage import Storage, open_storage
 from training import checkpoints, model_store

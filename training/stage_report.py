@@ -13,7 +13,6 @@ samplers, so a GPU stage stores its model instead of failing on CPU tensors afte
 
 from __future__ import annotations
 
-import json
 import resource
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from svdpipe import tracking
-from svdpipe.config import SvdpipeConfig
+from svdpipe.config_schema import SvdpipeConfig
 from svdpipe.markdown import inline_image
 from training.checkpoints import Checkpoints
 from training.sigma_bins import sigma_bin_names, sigma_bins

@@ -6,8 +6,7 @@ import sys
 import dagster as dg
 import yaml
 
-from assets.concurrency import POOL, data_root_pool, ensure_pool
-from svdpipe.config import load_config
+from assets.concurrency import POOL, data_root_pool
 
 WRITERS = {"ingested_batch", "videos", "clip_scores", "clips", "curated_dataset"}
 

@@ -8,8 +8,6 @@ hash router: ``#/compare-runs?runs=[...]&experiments=[...]`` and ``#/experiments
 
 from __future__ import annotations
 
-import json
-from urllib.parse import quote
 
 import pytest
 

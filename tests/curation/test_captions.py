@@ -5,9 +5,10 @@ import torch
 from curation import clip_models
 from curation.captions import Captioner, CocaCaptioner, build_captioners, caption_clip
 from frame_helpers import random_frames
-from svdpipe.config import CaptionConfig, load_config
+from svdpipe.config import load_config
 
 # Short captions keep the tests quick; the defaults are exercised by the first test.
+from svdpipe.config_schema import CaptionConfig
 SHORT = CaptionConfig(max_tokens=10)
 
 

@@ -6,9 +6,10 @@ from curation import aesthetic
 from curation.clip_models import load_model
 from curation.clip_scores import ClipScorer
 from frame_helpers import random_frames
-from svdpipe.config import ClipConfig, load_config
+from svdpipe.config import load_config
 
 
+from svdpipe.config_schema import ClipConfig
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 _frames = random_frames

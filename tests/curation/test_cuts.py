@@ -14,7 +14,7 @@ import pytest
 from curation.cut_metrics import match_cuts, merge_counts
 from curation.cuts import Cut, CutCascade, detect_cuts_file, detect_size, shots_from_cuts
 from curation.sample_corpus import make_sample_corpus, write_video
-from svdpipe.config import CutsConfig
+from svdpipe.config_schema import CutsConfig
 
 CFG = CutsConfig()
 # (seed, videos, seconds, fps, width, height): seeds, sizes and rates the cascade was never developed or tuned on.

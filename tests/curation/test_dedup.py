@@ -9,8 +9,9 @@ from PIL import Image
 from curation import dedup
 from curation.clips_table import to_frame
 from curation.sample_corpus import Shot, _ShotRenderer
-from svdpipe.config import DedupConfig, load_config
+from svdpipe.config import load_config
 
+from svdpipe.config_schema import DedupConfig
 H, W, N = 180, 320, 36
 _INTS = {"width": W, "height": H, "num_frames": 1}
 

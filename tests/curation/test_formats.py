@@ -14,7 +14,8 @@ from curation.decode import decode_once
 from curation.probe import probe_video
 from curation.shards import cut_clips
 from format_corpus import SPECS, marker_corner
-from svdpipe.config import IngestConfig, ShardsConfig, load_config
+from svdpipe.config import load_config
+from svdpipe.config_schema import IngestConfig, ShardsConfig
 from svdpipe.sources import list_inputs
 from svdpipe.storage import open_storage
 

@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from curation import ingest
-from svdpipe.config import IngestConfig
+from svdpipe.config_schema import IngestConfig
 from svdpipe.sources import list_inputs
 from svdpipe.storage import open_storage
 

@@ -9,7 +9,7 @@ import pytest
 from curation import ingest
 from curation.clips_table import clip_id, to_frame
 from curation.shards import cut_clips, encode_clips, prune_encoded, write_shards
-from svdpipe.config import IngestConfig, ShardsConfig
+from svdpipe.config_schema import IngestConfig, ShardsConfig
 from svdpipe.sources import list_inputs
 from svdpipe.storage import open_storage
 

@@ -11,7 +11,7 @@ import torch
 from curation import text_area
 from curation.sample_corpus import Shot, _ShotRenderer
 from curation.text_area import TextAreaScorer, WeightsChecksumError, craft_state_dict, craft_weights_path
-from svdpipe.config import TextConfig
+from svdpipe.config_schema import TextConfig
 
 H, W = 192, 320
 # Seeds not used while choosing the thresholds: these are videos the scorer has never seen.

@@ -4,9 +4,10 @@ import pytest
 
 from curation.clips_table import to_frame
 from curation.variants import select
-from svdpipe.config import ScoreFilter, VariantConfig, load_config
+from svdpipe.config import load_config
 
 
+from svdpipe.config_schema import ScoreFilter, VariantConfig
 def _clips(n=100, seed=0):
     rng = np.random.default_rng(seed)
     rows = [{"clip_id": f"v-{i:07d}-{i + 1:07d}", "video_id": "v", "start_frame": i, "end_frame": i + 1,

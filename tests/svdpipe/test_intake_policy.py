@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from curation import ingest
-from svdpipe.config import IngestConfig
+from svdpipe.config_schema import IngestConfig
 from svdpipe.sources import FetchError, RefusedAddress, fetch, list_inputs, redact_uri, scrub
 from svdpipe.storage import open_storage
 

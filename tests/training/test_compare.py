@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from PIL import Image
 
-from svdpipe.config import MlflowConfig, SvdpipeConfig
+from svdpipe.config_schema import MlflowConfig, SvdpipeConfig
 from svdpipe.tracking import start_run
 from training.compare import axis_range, better_direction, compare_stages, compare_variants, log_comparison
 from training.evaluate import EvalResult, log_evaluation

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import mlflow
 import pytest
 import torch
 
-from svdpipe.config import EvaluationConfig, MlflowConfig, StageConfig, SvdpipeConfig, TrainingConfig
+from svdpipe.config_schema import EvaluationConfig, MlflowConfig, StageConfig, SvdpipeConfig, TrainingConfig
 from svdpipe.storage import LocalStorage
 from training import model_store
 from training.encoders import build_feature_extractor, build_image_encoder, build_vae

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from svdpipe.config import PerfConfig, load_config
+from svdpipe.config import load_config
+
+from svdpipe.config_schema import PerfConfig
 from training.engine import CONFIG_DIR, load_ds_config
 from training.perf import ds_config
 
@@ -30,7 +32,7 @@ from training.models import build_video_unet
 from training.objectives import VideoObjective
 from training.perf import compile_blocks, misaligned_parameters, prepare_model, ds_config
 from training.synthetic import synthetic_video_batches
-from svdpipe.config import PerfConfig
+from svdpipe.config_schema import PerfConfig
 
 ds = load_ds_config(CONFIG_DIR / "zero2.json", 2, 1, False, warmup_steps=1)
 out = {}

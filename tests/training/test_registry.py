@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from svdpipe.config import EvaluationConfig, MlflowConfig, SvdpipeConfig
+from svdpipe.config_schema import EvaluationConfig, MlflowConfig, SvdpipeConfig
 from svdpipe.tracking import start_run
 from training.encoders import build_feature_extractor, build_image_encoder, build_vae
 from training.export import export_svd_pipeline

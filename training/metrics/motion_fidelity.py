@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 
 from curation.decode import scaled_size
 from curation.motion import flow_magnitudes
-from svdpipe.config import CurationConfig, MotionConfig
+from svdpipe.config_schema import CurationConfig, MotionConfig
 from training.video_io import to_uint8_frames
 
 __all__ = ["generated_motion", "motion_fidelity", "motion_fidelity_per_frame", "motion_score", "motion_scores",
