@@ -10,7 +10,10 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import fcntl  # noqa: E402
 import http.server  # noqa: E402
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,7 +79,6 @@ def ray_cluster():
     Small on purpose (the machine is shared): a few logical CPUs per node, 128 MB object stores, no dashboard, and
     its own temporary folder (short, for Ray's socket paths), so ``ray.init()`` elsewhere never finds it.
     """
-    import shutil
     import tempfile
 
     import ray
@@ -101,12 +103,34 @@ def ray_cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per pytest run, for read-only session fixtures.
+
+    Under pytest-xdist every worker holds its own session, so each built the same corpus and curated root again;
+    here the first worker to ask builds it in the run's folder under a lock and the others wait, then read it.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    run = tmp_path_factory.getbasetemp().parent  # this run's folder, one per `pytest` invocation
+    folder, done = run / f"shared-{name}", run / f"shared-{name}.done"
+    with open(run / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if a build fails
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> tuple[Path, dict]:
     """A small labelled corpus (3 videos, 6 broken inputs) shared by read-only tests."""
-    out = tmp_path_factory.mktemp("corpus")
-    truth = make_sample_corpus(out, seed=11, videos=3, seconds=6.0, fps=24, width=256, height=144)
-    return out, truth
+    out = built_once(tmp_path_factory, "corpus", lambda folder: make_sample_corpus(
+        folder, seed=11, videos=3, seconds=6.0, fps=24, width=256, height=144))
+    return out, json.loads((out / "truth.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -222,17 +246,17 @@ def cli(tmp_path) -> Cli:
 @pytest.fixture(scope="session")
 def curated_root(tmp_path_factory, corpus) -> Path:
     """A data root with the `corpus` ingested and curated into every variant (read-only: copy before writing)."""
-    base = tmp_path_factory.mktemp("curated")
-    run = Cli(base)
-    run("ingest", str(corpus[0]), "--data-root", str(base / "data"))
-    run("curate", "--data-root", str(base / "data"))
-    return base / "data"
+    def build(base: Path) -> None:
+        run = Cli(base)
+        run("ingest", str(corpus[0]), "--data-root", str(base / "data"))
+        run("curate", "--data-root", str(base / "data"))
+
+    return built_once(tmp_path_factory, "curated", build) / "data"
 
 
 @pytest.fixture
 def curated_copy(curated_root, tmp_path) -> Path:
     """A private, writable copy of ``curated_root``."""
-    import shutil
 
     dest = tmp_path / "data"
     shutil.copytree(curated_root, dest)
@@ -252,7 +276,6 @@ def train_args() -> list[str]:
 def trained(tmp_path_factory, curated_root):
     """Both variants trained through all three stages with `svdpipe train`, then `svdpipe evaluate` (compared and
     registered): (cli, data root, train stdout, evaluate stdout). Read-only for the tests that share it."""
-    import shutil
 
     base = tmp_path_factory.mktemp("trained")
     root = base / "data"
@@ -267,7 +290,6 @@ def trained(tmp_path_factory, curated_root):
 def watched_resources(corpus, tmp_path):
     """``make(*overrides)``: the Dagster resources of a data root under ``tmp_path`` whose ``ingest.watch`` folder
     holds one corpus video, with MLflow in ``tmp_path/m.db`` (plus ``overrides``)."""
-    import shutil
 
     from assets.resources import MlflowResource, SvdpipeResource
 
