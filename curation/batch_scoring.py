@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -104,8 +104,10 @@ class ScoredBatch:
     scored_now: int  # videos scored by this call (0 on a rerun)
 
 
-def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = True) -> ScoredBatch:
-    """Score every accepted video of ``batch`` not scored yet under the current version, on ``compute.engine``."""
+def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = True,
+                on_done: Callable[[str], None] | None = None) -> ScoredBatch:
+    """Score every accepted video of ``batch`` not scored yet under the current version, on ``compute.engine``;
+    ``on_done(video_id)`` runs in this process once each video's rows are stored."""
     version = version_of(cfg)
     table = ingest.read_table(root, ingest.batch_key(batch, "videos.parquet"))
     videos = [
@@ -119,13 +121,19 @@ def score_batch(root: Storage, batch: str, cfg: SvdpipeConfig, progress: bool = 
 
         bar = tqdm(total=len(videos), initial=len(videos) - len(todo), desc=f"curate {batch} ({engine})",
                    unit="video", disable=not progress)
+
+        def stored(video_id: str) -> None:
+            bar.update(1)
+            if on_done is not None:
+                on_done(video_id)
+
         if engine == "ray":
             from curation import ray_engine
 
-            nodes = ray_engine.score_videos(root, todo, version, batch, cfg, on_done=lambda _: bar.update(1))
+            nodes = ray_engine.score_videos(root, todo, version, batch, cfg, on_done=stored)
         else:
             nodes = 1
-            _score_in_processes(todo, version, batch, cfg, on_done=lambda _: bar.update(1))
+            _score_in_processes(todo, version, batch, cfg, on_done=stored)
         bar.close()
     return ScoredBatch(read_clips(root, version, [v["video_id"] for v in videos]), engine, nodes, len(todo))
 

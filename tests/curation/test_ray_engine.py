@@ -89,18 +89,37 @@ def _scorers() -> list[dict]:
     return [a for a in ray._private.state.actors().values() if a["Name"].startswith(SCORER_NAME)]
 
 
-def _run_in_background(data: Path, batch: str, cfg) -> tuple[threading.Thread, dict]:
+class Held:
+    """Holds the scoring run in its first ``on_done`` (one video stored) until ``release()``: a fault the test
+    injects meanwhile always finds the other videos in flight, however fast the run is or slow the test."""
+
+    def __init__(self):
+        self.first_stored, self._go_on = threading.Event(), threading.Event()
+
+    def __call__(self, video_id: str) -> None:
+        self.first_stored.set()
+        self._go_on.wait(600)
+
+    def release(self) -> None:
+        self._go_on.set()
+
+
+def _run_in_background(data: Path, batch: str, cfg) -> tuple[threading.Thread, dict, Held]:
     out: dict = {}
+    held = Held()
 
     def run():
         try:
-            out["scored"] = batch_scoring.score_batch(open_storage(str(data)), batch, cfg, progress=False)
+            out["scored"] = batch_scoring.score_batch(open_storage(str(data)), batch, cfg, progress=False,
+                                                      on_done=held)
         except BaseException as e:  # noqa: BLE001 - re-raised by the test
             out["error"] = e
+        finally:
+            held.first_stored.set()  # a run that failed early wakes the test too
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, out
+    return thread, out, held
 
 
 def _written(data: Path, cfg) -> int:
@@ -152,14 +171,15 @@ def test_a_worker_node_killed_mid_batch_is_retried_and_the_table_is_complete(
     data = _copy(ingested, tmp_path)
     doomed = ray_cluster.add_node(num_cpus=3, object_store_memory=128 << 20)
     cfg = _config(data, "compute.engine=ray", "curation.ray_scorers=3")
-    thread, out = _run_in_background(data, ingested[1], cfg)
+    thread, out, held = _run_in_background(data, ingested[1], cfg)
     # Spread over the three nodes, one scorer lives on the doomed one; kill the node once the first video is in.
     on_doomed = lambda: [a for a in _scorers() if a["Address"]["NodeID"] == doomed.node_id  # noqa: E731
                          and a["State"] == "ALIVE"]
     _wait(on_doomed, "a scorer actor on the doomed node")
-    _wait(lambda: _written(data, cfg) >= 1 or "error" in out, "the first scored video")
+    _wait(held.first_stored.is_set, "the first scored video")
     done_before = _written(data, cfg)
     ray_cluster.remove_node(doomed, allow_graceful=False)
+    held.release()
     thread.join(600)
     if "error" in out:
         raise out["error"]
@@ -171,11 +191,14 @@ def test_a_worker_node_killed_mid_batch_is_retried_and_the_table_is_complete(
 def test_a_scorer_actor_that_dies_is_replaced(ray_cluster, ingested, local_clips, tmp_path):
     data = _copy(ingested, tmp_path)
     cfg = _config(data, "compute.engine=ray", "curation.ray_scorers=1")
-    thread, out = _run_in_background(data, ingested[1], cfg)
-    _wait(lambda: _written(data, cfg) >= 1 or "error" in out, "the first scored video")
+    thread, out, held = _run_in_background(data, ingested[1], cfg)
+    _wait(held.first_stored.is_set, "the first scored video")
+    if "error" in out:
+        raise out["error"]
     (actor,) = [a for a in _scorers() if a["State"] == "ALIVE"]
     done_before = _written(data, cfg)
     os.kill(actor["Pid"], signal.SIGKILL)  # the only scorer: nothing finishes unless it is replaced
+    held.release()
     thread.join(600)
     if "error" in out:
         raise out["error"]
