@@ -79,8 +79,6 @@ def ray_cluster():
     Small on purpose (the machine is shared): a few logical CPUs per node, 128 MB object stores, no dashboard, and
     its own temporary folder (short, for Ray's socket paths), so ``ray.init()`` elsewhere never finds it.
     """
-    import tempfile
-
     import ray
     from ray.cluster_utils import Cluster
 
@@ -257,7 +255,6 @@ def curated_root(tmp_path_factory, corpus) -> Path:
 @pytest.fixture
 def curated_copy(curated_root, tmp_path) -> Path:
     """A private, writable copy of ``curated_root``."""
-
     dest = tmp_path / "data"
     shutil.copytree(curated_root, dest)
     return dest
@@ -276,7 +273,6 @@ def train_args() -> list[str]:
 def trained(tmp_path_factory, curated_root):
     """Both variants trained through all three stages with `svdpipe train`, then `svdpipe evaluate` (compared and
     registered): (cli, data root, train stdout, evaluate stdout). Read-only for the tests that share it."""
-
     base = tmp_path_factory.mktemp("trained")
     root = base / "data"
     shutil.copytree(curated_root, root)
@@ -290,7 +286,6 @@ def trained(tmp_path_factory, curated_root):
 def watched_resources(corpus, tmp_path):
     """``make(*overrides)``: the Dagster resources of a data root under ``tmp_path`` whose ``ingest.watch`` folder
     holds one corpus video, with MLflow in ``tmp_path/m.db`` (plus ``overrides``)."""
-
     from assets.resources import MlflowResource, SvdpipeResource
 
     folder, truth = corpus
