@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/curation_throughput.py [--minutes 2] [--engine local --engine ray] [--repeats 2]
     .venv/bin/python benchmarks/curation_throughput.py --stages --minutes 3   # the per-stage table as well
     .venv/bin/python benchmarks/curation_throughput.py --minutes 2 --minutes 6  # fixed cost and marginal ratio
+    .venv/bin/python benchmarks/curation_throughput.py --minutes 30 --dtype float32 --dtype bfloat16
 
 The whole command: ``svdpipe curate`` (start-up, scoring, the clips-table checks, selection and shards of every
 variant, MLflow logging) in a fresh process on a freshly ingested copy of the corpus, once per engine and repeat,
-each time between two ffmpeg floor measurements of the same files (their mean is that run's floor). Wall and CPU
+each time between two ffmpeg floor measurements of the same files (their mean is that run's floor); with
+``--dtype``, once per engine and network precision (``compute.dtype``). Wall and CPU
 seconds (the command and all its child processes) are both reported: on a shared machine the CPU ratio moves less.
 The ``ray`` engine's CPU seconds count only the driver (the command): Ray's worker processes are not its children.
 
@@ -173,7 +175,7 @@ def _env(home: Path) -> dict:
             "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", "SVDPIPE_PROFILE": "tiny"}
 
 
-def whole_command(files: list[Path], engines: list[str], repeats: int, work: Path) -> list[dict]:
+def whole_command(files: list[Path], engines: list[str], dtypes: list[str], repeats: int, work: Path) -> list[dict]:
     """``svdpipe curate`` end to end on a fresh copy of an ingested corpus, beside the ffmpeg floor."""
     cli = [sys.executable, "-m", "orchestration.cli"]
     template = work / "ingested"
@@ -182,16 +184,17 @@ def whole_command(files: list[Path], engines: list[str], repeats: int, work: Pat
         _run(cli + ["ingest", str(files[0].parent), "--data-root", str(template / "root")], _env(template))
     runs = []
     for repeat in range(repeats):
-        for engine in engines:
+        for engine, dtype in ((e, d) for e in engines for d in dtypes):
             with tempfile.TemporaryDirectory(dir=work) as tmp:
                 home = Path(tmp) / "home"
                 shutil.copytree(template, home)
                 before = floor(files)
                 wall, cpu = _run(cli + ["curate", "--data-root", str(home / "root"), "--set",
-                                        f"compute.engine={engine}"], _env(home))
+                                        f"compute.engine={engine}", "--set", f"compute.dtype={dtype}"], _env(home))
                 after = floor(files)
             f_wall, f_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-            runs.append({"engine": engine, "repeat": repeat + 1, "seconds": round(wall, 2), "cpu_s": round(cpu, 2),
+            runs.append({"engine": engine, "dtype": dtype, "repeat": repeat + 1, "seconds": round(wall, 2),
+                         "cpu_s": round(cpu, 2),
                          "floor_s": round(f_wall, 2), "floor_cpu_s": round(f_cpu, 2),
                          "ratio_to_floor": round(wall / f_wall, 2), "cpu_ratio_to_floor": round(cpu / f_cpu, 2),
                          "load_1min": round(os.getloadavg()[0], 1)})
@@ -207,7 +210,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--engine", action="append", choices=["local", "ray"],
                     help="engine(s) of the whole-command run (repeatable; default local)")
-    ap.add_argument("--repeats", type=int, default=1, help="whole-command runs per engine")
+    ap.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
+                    help="compute.dtype of the networks in the whole-command run (repeatable; default float32)")
+    ap.add_argument("--repeats", type=int, default=1, help="whole-command runs per engine and dtype")
     ap.add_argument("--stages", action="store_true", help="also time each curation stage in this process")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = ap.parse_args()
@@ -217,16 +222,17 @@ def main() -> None:
     for minutes in args.minutes or [2.0]:
         files = corpus(args.out, minutes, args.width, args.height)
         video_s = sum(probe_video(f).duration_s for f in files)
-        runs = whole_command(files, engines, args.repeats, args.out / f"whole-{files[0].parent.name}")
+        runs = whole_command(files, engines, args.dtype or ["float32"], args.repeats,
+                             args.out / f"whole-{files[0].parent.name}")
         for r in runs:
             r.update(video_seconds=round(video_s, 1), files=len(files))
         report["whole_command"] += runs
     print(f"\n`svdpipe curate`, {args.width}x{args.height} video")
-    print("| engine | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU "
+    print("| engine | dtype | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU "
           "| load |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in report["whole_command"]:
-        print(f"| {r['engine']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | {r['seconds']} | "
+        print(f"| {r['engine']} | {r['dtype']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | {r['seconds']} | "
               f"{r['floor_s']} | **{r['ratio_to_floor']}** | {r['cpu_s']} | {r['floor_cpu_s']} | "
               f"{r['cpu_ratio_to_floor']} | {r['load_1min']} |")
     report["marginal"] = marginal(report["whole_command"])
@@ -239,13 +245,13 @@ def main() -> None:
 
 
 def marginal(runs: list[dict]) -> dict:
-    """Per engine with runs at two or more lengths: least-squares lines command = fixed + ratio x floor, over the
-    mean of each length's repeats, in wall and in CPU seconds."""
+    """Per engine and dtype with runs at two or more lengths: least-squares lines command = fixed + ratio x floor,
+    over the mean of each length's repeats, in wall and in CPU seconds."""
     out = {}
-    for engine in sorted({r["engine"] for r in runs}):
+    for engine in sorted({f"{r['engine']} {r['dtype']}" for r in runs}):
         by_len: dict[float, list[dict]] = {}
         for r in runs:
-            if r["engine"] == engine:
+            if f"{r['engine']} {r['dtype']}" == engine:
                 by_len.setdefault(r["video_seconds"], []).append(r)
         if len(by_len) < 2:
             continue
