@@ -73,11 +73,8 @@ def test_curate_scores_once_and_builds_every_variant(where, small_corpus, cli, t
     assert 0 < after["clips_kept"] == int((clips["duration_s"] >= longest).sum()) < uncurated["clips_kept"]
 
 
-def test_corrupted_clips_table_stops_curated_datasets(small_corpus, cli, tmp_path):
-    folder, _ = small_corpus
-    root_uri = str(tmp_path / "data")
-    cli("ingest", str(folder), "--data-root", root_uri)
-    cli("curate", "--data-root", root_uri, "--variant", "uncurated")
+def test_corrupted_clips_table_stops_curated_datasets(curated_copy, cli):
+    root_uri = str(curated_copy)  # the session's corpus, ingested and curated into every variant
     root = open_storage(root_uri)
     before = root.read_text("curated/uncurated/selection.json")
     # Corrupt one video's scored rows: a duplicated clip and an impossible text area.
