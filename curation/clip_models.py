@@ -111,10 +111,12 @@ def inference_device(device: str = "auto", dtype: str = "float32") -> tuple[str,
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"compute.device={device!r} but torch sees no CUDA device here; set compute.device=cpu")
     if device == "cpu" and not cpu_has_native(dtype):
-        warnings.warn(f"compute.dtype={dtype} on a CPU without {dtype} instructions (AVX-512 BF16/FP16 or AMX): the "
-                      "networks run emulated, slower than float32; set compute.dtype=float32", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"compute.dtype={dtype} on a CPU without {dtype} instructions ({_NATIVE[dtype]}): the networks "
+                      "run emulated, slower than float32; set compute.dtype=float32", RuntimeWarning, stacklevel=2)
     return device, getattr(torch, dtype)
+
+
+_NATIVE = {"bfloat16": "AVX-512 BF16 or AMX-BF16", "float16": "AVX-512 FP16 or AMX-FP16"}
 
 
 def cpu_has_native(dtype: str) -> bool:
