@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +25,8 @@ import open_clip
 import torch
 from open_clip.transformer import MultimodalTransformer
 from PIL import Image
+
+from svdpipe.precision import warn_if_emulated
 
 TINY_PREFIX = "tiny-"
 # CLIP's BPE vocabulary (49408 tokens) is kept so that the shipped tokenizer encodes and decodes for tiny models too.
@@ -110,21 +111,8 @@ def inference_device(device: str = "auto", dtype: str = "float32") -> tuple[str,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"compute.device={device!r} but torch sees no CUDA device here; set compute.device=cpu")
-    if device == "cpu" and not cpu_has_native(dtype):
-        warnings.warn(f"compute.dtype={dtype} on a CPU without {dtype} instructions ({_NATIVE[dtype]}): the networks "
-                      "run emulated, slower than float32; set compute.dtype=float32", RuntimeWarning, stacklevel=2)
+    warn_if_emulated(device.split(":")[0], dtype)
     return device, getattr(torch, dtype)
-
-
-_NATIVE = {"bfloat16": "AVX-512 BF16 or AMX-BF16", "float16": "AVX-512 FP16 or AMX-FP16"}
-
-
-def cpu_has_native(dtype: str) -> bool:
-    """Whether oneDNN has hardware kernels for ``dtype`` on this CPU. Where it has, bfloat16 runs CRAFT about twice
-    as fast as float32 (README, curation throughput); where not, reduced precision is emulated and slower."""
-    probes = {"bfloat16": torch.ops.mkldnn._is_mkldnn_bf16_supported,
-              "float16": torch.ops.mkldnn._is_mkldnn_fp16_supported}
-    return dtype not in probes or bool(probes[dtype]())
 
 
 def load_model(model_name: str, pretrained: str | None = None, seed: int = 0, device: str = "cpu",

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from svdpipe.config_schema import SvdpipeConfig
+from svdpipe.precision import warn_if_emulated
 
 __all__ = ["inference_dtype", "model_device_dtype", "resolve_device", "to_model"]
 
@@ -33,7 +34,8 @@ def resolve_device(cfg: SvdpipeConfig | str) -> torch.device:
 
 
 def inference_dtype(cfg: SvdpipeConfig) -> torch.dtype:
-    """``compute.dtype`` as a torch dtype."""
+    """``compute.dtype`` as a torch dtype (with a warning where the CPU that runs it only emulates it)."""
+    warn_if_emulated(resolve_device(cfg).type, cfg.compute.dtype)
     return _DTYPES[cfg.compute.dtype]
 
 
