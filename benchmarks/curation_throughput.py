@@ -194,8 +194,7 @@ def whole_command(files: list[Path], engines: list[str], dtypes: list[str], repe
                 after = floor(files)
             f_wall, f_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
             runs.append({"engine": engine, "dtype": dtype, "repeat": repeat + 1, "seconds": round(wall, 2),
-                         "cpu_s": round(cpu, 2),
-                         "floor_s": round(f_wall, 2), "floor_cpu_s": round(f_cpu, 2),
+                         "cpu_s": round(cpu, 2), "floor_s": round(f_wall, 2), "floor_cpu_s": round(f_cpu, 2),
                          "ratio_to_floor": round(wall / f_wall, 2), "cpu_ratio_to_floor": round(cpu / f_cpu, 2),
                          "load_1min": round(os.getloadavg()[0], 1)})
             print("whole command:", json.dumps(runs[-1]), flush=True)
@@ -228,12 +227,12 @@ def main() -> None:
             r.update(video_seconds=round(video_s, 1), files=len(files))
         report["whole_command"] += runs
     print(f"\n`svdpipe curate`, {args.width}x{args.height} video")
-    print("| engine | dtype | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s | CPU / floor CPU "
-          "| load |")
+    print("| engine | dtype | video s | files | run | seconds | floor s | / floor | CPU s | floor CPU s "
+          "| CPU / floor CPU | load |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in report["whole_command"]:
-        print(f"| {r['engine']} | {r['dtype']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | {r['seconds']} | "
-              f"{r['floor_s']} | **{r['ratio_to_floor']}** | {r['cpu_s']} | {r['floor_cpu_s']} | "
+        print(f"| {r['engine']} | {r['dtype']} | {r['video_seconds']} | {r['files']} | {r['repeat']} | "
+              f"{r['seconds']} | {r['floor_s']} | **{r['ratio_to_floor']}** | {r['cpu_s']} | {r['floor_cpu_s']} | "
               f"{r['cpu_ratio_to_floor']} | {r['load_1min']} |")
     report["marginal"] = marginal(report["whole_command"])
     for engine, m in report["marginal"].items():
@@ -247,12 +246,11 @@ def main() -> None:
 def marginal(runs: list[dict]) -> dict:
     """Per engine and dtype with runs at two or more lengths: least-squares lines command = fixed + ratio x floor,
     over the mean of each length's repeats, in wall and in CPU seconds."""
+    groups: dict[str, dict[float, list[dict]]] = {}
+    for r in runs:
+        groups.setdefault(f"{r['engine']} {r['dtype']}", {}).setdefault(r["video_seconds"], []).append(r)
     out = {}
-    for engine in sorted({f"{r['engine']} {r['dtype']}" for r in runs}):
-        by_len: dict[float, list[dict]] = {}
-        for r in runs:
-            if f"{r['engine']} {r['dtype']}" == engine:
-                by_len.setdefault(r["video_seconds"], []).append(r)
+    for engine, by_len in sorted(groups.items()):
         if len(by_len) < 2:
             continue
         fit = {}
