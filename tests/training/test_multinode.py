@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -146,10 +145,8 @@ def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with
             assert not survivors(node1)
         finally:
             kill_all(node1)
-        try:  # its peer gone, node 0 fails at its next collective; a cluster restarts the whole job either way
-            procs[0].wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
+        # Node 0 is held at the gate (never reaching a collective that would fail); a cluster restarts the whole
+        # job after a node dies, so the test stops it as well.
         kill(procs[0])
     assert 2 <= latest_step(killed) < STEPS
     wait_nodes(launch_nodes(killed, "killed"), "killed")
