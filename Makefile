@@ -27,8 +27,9 @@ setup: $(STAMP)
 demo: setup
 	bash scripts/demo.sh
 
-# One pytest-xdist worker per core; tests that share a module or the trained data root stay on one worker.
-XDIST ?= -n auto --dist loadgroup
+# One pytest-xdist worker per core; tests that share a module or the trained data root stay on one worker. The
+# groups run in the order tests/conftest.py collects them (the long ones first), not xdist's order by test count.
+XDIST ?= -n auto --dist loadgroup --no-loadscope-reorder
 test: setup
 	$(BIN)/python -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
 

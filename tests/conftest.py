@@ -42,11 +42,19 @@ def pytest_collection_modifyitems(config, items):
     A module's tests stay together (its module-scoped fixtures are built once), and every test that reads the
     session's ``trained`` data root (both variants through all stages) runs on the same worker, which builds it once.
     """
+    groups = {}
     for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = "trained" if "trained" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        marker = item.get_closest_marker("xdist_group")
+        if marker is None:
+            group = "trained" if "trained" in item.fixturenames else item.nodeid.split("::")[0]
+            marker = pytest.mark.xdist_group(group)
+            item.add_marker(marker)
+        groups[item] = marker.args[0] if marker.args else marker.kwargs.get("name")
+    # Longest first: pytest-xdist hands out groups in collection order, so the minutes-long groups (the `trained`
+    # root's and those of `slow` tests) start at once and the short ones fill the end, where a long group left
+    # for last would run on one worker while the other idles.
+    heavy = {groups[i] for i in items if groups[i] == "trained" or i.get_closest_marker("slow")}
+    items.sort(key=lambda i: groups[i] not in heavy)  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ PRECISION_TOLERANCE = {"text_area_ratio": 1e-2, "aesthetic_score": 1e-3, "clip_t
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.slow
 def test_reduced_precision_scores_match_float32_within_tolerance(corpus, dtype, one_torch_thread):
     from curation.scoring import Scorers, prepare_video, score_clips
     from svdpipe.config import load_config

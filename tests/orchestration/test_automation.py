@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from assets.ingestion import ingested_batch, videos
 from orchestration.definitions import defs
@@ -68,6 +69,7 @@ def test_retrain_schedule_runs_stage3_of_the_configured_variant_on_its_cron():
     assert defs.resolve_job_def("retrain_finetune").tags["svdpipe/stage"] == "train"
 
 
+@pytest.mark.slow
 def test_the_readme_walkthrough_drop_videos_into_the_watched_folder_and_the_chain_runs(cli, tmp_path):
     """README, Automation: set ``ingest.watch``, drop files in; both sensors run by default and the daemon's
     ticks carry the new batch through ingestion, scoring and curation into every variant, and no further."""

@@ -32,6 +32,7 @@ def _results(root):
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.slow
 def test_curate_scores_once_and_builds_every_variant(where, small_corpus, cli, tmp_path, request):
     folder, truth = small_corpus
     root_uri = str(tmp_path / "data") if where == "local" else f"s3://{request.getfixturevalue('bucket')}/data"

@@ -102,6 +102,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", ["1proc_mb1_accum2", "2proc_zero2_mb1", "2proc_zero3_mb1", "store_2proc_mb1"])
+@pytest.mark.slow
 def test_same_global_batch_same_training(runs, name):
     """Synthetic global batches sliced per rank, or (store_*) each rank reading only its samples from a latent
     store through DataLoader workers."""

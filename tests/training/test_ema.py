@@ -214,6 +214,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_zero3_two_ranks_partitioned(tmp_path):
     script = tmp_path / "zero3_ema.py"
     script.write_text(ZERO3_SCENARIO)

@@ -83,6 +83,7 @@ def test_configs_load_and_adjust():
 
 
 @pytest.mark.parametrize("stage", ["1", "2"])
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path, stage):
     run = ["--stage", stage, *EMA_ARGS]
     full_ckpt = tmp_path / "full"
@@ -124,6 +125,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, stage):
     assert any(not torch.equal(t, theta[name]) for name, t in ema_full.items())
 
 
+@pytest.mark.slow
 def test_zero3_initialises_and_steps(tmp_path):
     res = run_engine(
         tmp_path,

@@ -64,6 +64,7 @@ def test_checkpoints_live_under_their_own_data_root(s3, bucket, tmp_path, monkey
     assert a.local_dir != b.local_dir and tmp_path not in a.local_dir.parents
 
 
+@pytest.mark.slow
 def test_svdpipe_train_killed_resumes_from_its_checkpoints_under_the_s3_root(s3, bucket, with_latents, tmp_path):
     """`svdpipe train` on an S3 root, its own process SIGKILLed (`kill -9 PID`) after the first checkpoint: no
     process of its stage trains on, and started again it resumes from the checkpoints under the root, logging the
@@ -107,6 +108,7 @@ def test_svdpipe_train_killed_resumes_from_its_checkpoints_under_the_s3_root(s3,
         assert first.metadata["first_loss"].value == resumed[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_killed_and_restarted_match_uninterrupted_run(s3, bucket, with_latents, tmp_path):
     """Two nodes of one process each train an S3 root; one node is SIGKILLed after a checkpoint (its worker dies with
     it), both are started again, and the per-step losses are the uninterrupted two-node run's. The root holds every

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from stage_process import assert_same_losses, kill, losses, stage_args, start, wait, wait_for_checkpoint
 from svdpipe.config import load_config
 from svdpipe.storage import open_storage
@@ -21,6 +23,7 @@ def _start(root, tmp_path, name):
                  env=env)
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_and_matches_uninterrupted_run(curated_copy, tmp_path):
     cfg = load_config("tiny", str(curated_copy), SETTINGS)
     build_latents(open_storage(str(curated_copy)), "uncurated", cfg, progress=False)
