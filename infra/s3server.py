@@ -100,8 +100,8 @@ class S3Server:
                     raise
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        stop_process_group(self.process, grace_s=5)
+    def stop(self, grace_s: float = 5) -> None:
+        stop_process_group(self.process, grace_s=grace_s)
 
 
 def start(workdir: str | Path, timeout_s: float = 60.0) -> S3Server:

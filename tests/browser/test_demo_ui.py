@@ -52,7 +52,7 @@ def test_materialize_evaluation_from_the_ui_runs_on_the_demo_data(demo_ui, page,
         run = runs[0] if runs else None
         if run and run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
             break
-        time.sleep(3)
+        time.sleep(1)
     assert run is not None, "no run was launched from the UI"
     _open(page, f"{demo_ui.url}/runs/{run['runId']}")
     page.wait_for_timeout(3000)

@@ -37,7 +37,7 @@ def test_ui_serves_the_asset_graph(cli, tmp_path):
                 data = _graphql(port, "{ assetNodes { assetKey { path } } }")
                 keys = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
             except (OSError, KeyError, TypeError):
-                time.sleep(2)
+                time.sleep(0.5)
         assert keys is not None, "the Dagster UI did not answer"
         assert {"ingested_batch", "videos"} <= keys
         assert (home / ".dagster" / "dagster.yaml").exists() and not (elsewhere / ".dagster").exists()
